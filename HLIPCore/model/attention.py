@@ -1,0 +1,61 @@
+"""Self-attention for HLIP blocks: timm's `Attention` (same parameters) with a faster kernel choice and an
+optional recording mode for attention maps.
+
+Kernels: flash-attn when it is installed and the tensors are half precision on CUDA, otherwise torch's
+`scaled_dot_product_attention` (the path that always works, CPU included). Recording computes the softmax
+explicitly and keeps it (and its gradient) for gradient-weighted attention maps.
+"""
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+
+try:  # optional extra `flash`; never required
+    from flash_attn import flash_attn_func as _flash_attn_func
+except Exception:  # ImportError, or a broken CUDA build
+    _flash_attn_func = None
+
+
+def flash_attn_available() -> bool:
+    return _flash_attn_func is not None and torch.cuda.is_available()
+
+
+class HLIPAttention(Attention):
+    """timm Attention whose state-dict keys (`qkv`, `proj`) equal the official checkpoints'."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self, "gate", None) is not None:
+            raise ValueError("gated attention is not part of HLIP")
+        self.attn_dim = self.num_heads * self.head_dim  # timm < 1.0.20 lacks the attribute
+        self.record = False  # set by the attention-map code for the block it explains
+        self.attn_probs = None
+
+    def _use_flash(self, q: torch.Tensor) -> bool:
+        return (_flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+                and not self.record)
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        if attn_mask is None and not is_causal and self._use_flash(qkv):
+            q, k, v = qkv.unbind(2)  # flash-attn takes [B, L, heads, head_dim]
+            out = _flash_attn_func(self.q_norm(q), self.k_norm(k), v,
+                                   dropout_p=self.attn_drop.p if self.training else 0.0)
+            out = out.reshape(b, n, self.attn_dim)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if self.record:
+                attn = ((q * self.scale) @ k.transpose(-2, -1))
+                if attn_mask is not None:
+                    attn = attn + attn_mask
+                attn = attn.softmax(dim=-1)
+                if attn.requires_grad:
+                    attn.retain_grad()
+                self.attn_probs = attn
+                out = self.attn_drop(attn) @ v
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                                     dropout_p=self.attn_drop.p if self.training else 0.0)
+            out = out.transpose(1, 2).reshape(b, n, self.attn_dim)
+        return self.proj_drop(self.proj(self.norm(out)))

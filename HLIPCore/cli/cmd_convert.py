@@ -1,0 +1,24 @@
+"""`hlip convert CKPT --config NAME --out DIR`: any accepted checkpoint -> model.safetensors + config.json."""
+
+
+def add_parser(sub):
+    p = sub.add_parser("convert", help="convert a checkpoint (.pt/.bin/.safetensors) to a safetensors model folder")
+    p.add_argument("checkpoint", help="checkpoint file (v1.0 .pt, state dict, safetensors) or model folder")
+    p.add_argument("--config", help="model config name or JSON file (default: the only config the weights fit)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub name to copy into the folder")
+    p.add_argument("--id", dest="model_id", help="model id recorded in config.json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..model.checkpoint import convert_checkpoint
+    from ..model.resolve import _config_for_file
+
+    ckpt = Path(args.checkpoint)
+    config = args.config if ckpt.is_dir() else _config_for_file(ckpt, args.config)
+    out = convert_checkpoint(ckpt, config, args.out, tokenizer=args.tokenizer, model_id=args.model_id)
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}" + (" and tokenizer files" if args.tokenizer else ""))
+    return 0

@@ -1,0 +1,56 @@
+"""Contrastive losses: symmetric CLIP (InfoNCE) and SigLIP (pairwise sigmoid).
+
+Under torch.distributed each process scores its own images and texts against the features of all processes
+(gathered with gradients), so N processes with batch B give the same loss and gradients as one process with
+batch N*B.
+"""
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _world() -> tuple:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
+    """All processes' features, concatenated in rank order; gradients flow back to each process's part."""
+    rank, world = _world()
+    if world == 1:
+        return features
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(features), dim=0)
+
+
+class ClipLoss(nn.Module):
+    """mean of cross-entropy over image->text and text->image logits; positives on the diagonal."""
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                logit_bias=None) -> torch.Tensor:
+        rank, _ = _world()
+        all_text, all_image = gather_with_grad(text_features), gather_with_grad(image_features)
+        logits_per_image = logit_scale * image_features @ all_text.T
+        logits_per_text = logit_scale * text_features @ all_image.T
+        labels = torch.arange(image_features.shape[0], device=image_features.device) + rank * image_features.shape[0]
+        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+class SigLipLoss(nn.Module):
+    """-sum log sigmoid(z_ij * (scale * <x_i, y_j> + bias)) / B, z = +1 on matching pairs and -1 elsewhere."""
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                logit_bias: torch.Tensor) -> torch.Tensor:
+        rank, _ = _world()
+        all_text = gather_with_grad(text_features)
+        logits = logit_scale * image_features @ all_text.T + logit_bias
+        b = image_features.shape[0]
+        signs = -torch.ones_like(logits)
+        signs[torch.arange(b), torch.arange(b) + rank * b] = 1.0
+        return -F.logsigmoid(signs * logits).sum() / b
+
+
+def create_loss(siglip: bool = False) -> nn.Module:
+    return SigLipLoss() if siglip else ClipLoss()

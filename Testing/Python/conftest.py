@@ -1,0 +1,41 @@
+"""Shared fixtures: small models and a WordPiece tokenizer built locally (no hub access in tests)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # tests run from a checkout, installed or not
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+WORDS = ("no significant abnormalities acute stroke glioma meningioma metastasis this mri study shows "
+         "mass lesion edema enhancement normal brain left right frontal lobe small large not").split()
+
+
+def write_wordpiece_tokenizer(folder: Path, extra_words=()) -> Path:
+    """A real BERT WordPiece tokenizer (uncased) whose vocabulary is the given words plus characters."""
+    from transformers import BertTokenizerFast
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,:;-()'/"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(dict.fromkeys([*WORDS, *extra_words]))
+    vocab += [c for c in chars if c not in vocab] + [f"##{c}" for c in chars]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return write_wordpiece_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture
+def tiny_model():
+    from HLIPCore.model import create_model
+    torch.manual_seed(0)
+    return create_model("tiny_multiscan_h3")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -108,6 +108,8 @@ class LoadOptions:
     min_slices: series with fewer images are 2D (radiographs, localizers, single slices) and skipped.
     spacing_tolerance_mm / spacing_tolerance_rel: slice spacing differences below abs + rel * median are regular.
     workers: threads that read DICOM files (1 = serial).
+    volume_modality: modality given to NIfTI/NRRD scans, which do not store one; None guesses from the
+        intensities (air below -500 means CT Hounsfield units, otherwise MR).
     """
     on_irregular: str = "resample"
     max_missing_slices: int = 4
@@ -115,6 +117,7 @@ class LoadOptions:
     spacing_tolerance_mm: float = 0.01
     spacing_tolerance_rel: float = 0.01
     workers: int = 2
+    volume_modality: Optional[str] = None
 
     def __post_init__(self):
         if self.on_irregular not in ("resample", "skip", "keep"):

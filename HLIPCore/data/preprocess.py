@@ -1,0 +1,116 @@
+"""Scans -> the model's input tensor, as HLIP's reference code prepares them, with every step recorded.
+
+MRI (reference: data/pub_brain_5/*/process.py, hlip_test/inference_pub_brain_5.py):
+  reorient to RPI -> through-plane axis first (coronal/sagittal acquisitions; stroke/process.py) -> clip to the
+  0.5-99.5 percentiles and min-max to [0, 1] -> pad H, W to a square -> bilinear resize to resize_hw^2 ->
+  nearest-exact resample of depth to num_slices -> centre crop H, W to img_size[1:] -> (x - 0.449) / 0.226.
+CT (reference: data/ct_rate/process.py, hlip_test/inference_rad_chestct.py):
+  [choice: reorient to RPI and through-plane first, as MRI; the reference reads curated NIfTI as stored and does not
+  reorient] -> trilinear resample to ct_spacing (3, 1, 1) mm with size int(n * spacing / target) -> window
+  (HU + 1150) / 1500 clipped to [0, 1] -> centre pad/crop to (num_slices, *img_size[1:]) -> normalise.
+Depth: the tensor's depth is `num_slices` (default img_size[0]). The reference evaluates MRI at 144 slices with a
+model grid of 48; when num_slices != img_size[0] the model must interpolate its depth position embeddings.
+Every result carries a TransformRecord whose `to_original` sends model-grid maps back to the scan's voxels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .study import Scan, Study
+from .transforms import (CenterPadCrop, Normalize, PadToSquare, PercentileClipMinMax, Resize, TransformRecord,
+                         Window, apply_step, current_spacing, reorient_step, through_plane_step)
+
+
+@dataclass
+class PreprocessConfig:
+    """How scans become model input. Defaults follow the HLIP reference (brain MRI model, 48x224x224 grid)."""
+    mode: str = "auto"                          # 'mri', 'ct', or 'auto': 'ct' for CT scans, 'mri' for all others
+    img_size: Tuple[int, int, int] = (48, 224, 224)  # (D, H, W) of the model grid
+    num_slices: Optional[int] = None            # tensor depth; None = img_size[0]
+    resize_hw: int = 256                        # MRI: square side before the centre crop to img_size[1:]
+    orientation: str = "RPI"                    # axis codes of (W, H, D) after reorientation, as the reference
+    through_plane_first: bool = True            # coronal/sagittal acquisitions: largest-spacing axis becomes D
+    percentiles: Tuple[float, float] = (0.5, 99.5)
+    ct_window: Tuple[float, float] = (-1150.0, 350.0)  # HU -> (HU + 1150) / 1500
+    ct_spacing: Tuple[float, float, float] = (3.0, 1.0, 1.0)  # (z, y, x) = (D, H, W) mm
+    mean: float = 0.449
+    std: float = 0.226
+
+    def __post_init__(self):
+        if self.mode not in ("auto", "mri", "ct"):
+            raise ValueError(f"mode must be 'auto', 'mri' or 'ct', not {self.mode!r}")
+        self.img_size = tuple(int(n) for n in self.img_size)
+        if len(self.img_size) != 3:
+            raise ValueError(f"img_size must be (D, H, W), not {self.img_size}")
+
+    @property
+    def depth(self) -> int:
+        return int(self.num_slices or self.img_size[0])
+
+    @property
+    def tensor_shape(self) -> Tuple[int, int, int]:
+        """(D, H, W) of every preprocessed scan: (num_slices, img_size[1], img_size[2])."""
+        return (self.depth, self.img_size[1], self.img_size[2])
+
+    def mode_for(self, scan: Scan) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "ct" if scan.modality.upper() == "CT" else "mri"
+
+
+@dataclass
+class PreparedScan:
+    tensor: torch.Tensor          # [1, D, H, W] float32
+    record: TransformRecord
+    mode: str = "mri"
+
+
+@dataclass
+class PreparedStudy:
+    tensor: torch.Tensor          # [N, 1, D, H, W] float32
+    scans: List[Scan] = field(default_factory=list)
+    records: List[TransformRecord] = field(default_factory=list)
+
+
+def preprocess_scan(scan: Scan, cfg: Optional[PreprocessConfig] = None) -> PreparedScan:
+    """One scan -> PreparedScan(tensor [1, D, H, W], record). D, H, W = cfg.tensor_shape for every scan."""
+    cfg = cfg or PreprocessConfig()
+    mode = cfg.mode_for(scan)
+    record = TransformRecord(original_shape=tuple(scan.shape), original_affine=np.asarray(scan.affine, np.float64))
+    x = torch.from_numpy(np.ascontiguousarray(scan.array, dtype=np.float32))[None]
+    x = apply_step(reorient_step(scan.affine, cfg.orientation), x, record)
+    if cfg.through_plane_first:
+        step = through_plane_step(current_spacing(record))
+        if step is not None:
+            x = apply_step(step, x, record)
+    d, h, w = cfg.tensor_shape
+    if mode == "ct":
+        spacing = current_spacing(record)
+        size = tuple(max(1, int(n * s / t)) for n, s, t in zip(x.shape[1:], spacing, cfg.ct_spacing))
+        x = apply_step(Resize(size, "trilinear"), x, record)
+        x = apply_step(Window(*cfg.ct_window), x, record)
+        x = apply_step(CenterPadCrop((d, h, w)), x, record)
+    else:
+        x = apply_step(PercentileClipMinMax(*cfg.percentiles), x, record)
+        x = apply_step(PadToSquare(), x, record)
+        x = apply_step(Resize((None, cfg.resize_hw, cfg.resize_hw), "bilinear"), x, record)
+        x = apply_step(Resize((d, None, None), "nearest-exact"), x, record)
+        x = apply_step(CenterPadCrop((d, h, w)), x, record)
+    x = apply_step(Normalize(cfg.mean, cfg.std), x, record)
+    return PreparedScan(tensor=x.contiguous(), record=record, mode=mode)
+
+
+def preprocess_study(study: Study, cfg: Optional[PreprocessConfig] = None) -> PreparedStudy:
+    """All scans of a study -> PreparedStudy(tensor [N, 1, D, H, W], scans, records), in the study's order."""
+    cfg = cfg or PreprocessConfig()
+    scans = list(study.scans if isinstance(study, Study) else study)
+    if not scans:
+        raise InputError("study has no scans to preprocess")
+    prepared = [preprocess_scan(s, cfg) for s in scans]
+    tensor = torch.stack([p.tensor for p in prepared], dim=0)
+    return PreparedStudy(tensor=tensor, scans=scans, records=[p.record for p in prepared])

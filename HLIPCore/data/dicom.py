@@ -51,7 +51,62 @@ class _Slice:
     localizer: bool = False
 
 
+def _raw(ds, keyword):
+    """An element's value without pydicom's conversion when still raw: text VRs come back as str (backslash-
+    separated for several values). Converting DS/IS values through pydicom costs more than reading the file."""
+    tag = _TAGS.get(keyword) or _TAGS.setdefault(keyword, pydicom.datadict.tag_for_keyword(keyword))
+    try:
+        elem = ds.get_item(tag)
+    except (KeyError, TypeError):
+        return None
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        if elem.VR in (None, "DS", "IS", "CS", "UI", "LO", "SH", "DA", "TM") or elem.VR is None:
+            text = value.decode("latin-1").strip(" \x00")
+            return text if text else None
+        return ds[tag].value  # binary VRs: let pydicom unpack them
+    return value
+
+
+_TAGS: Dict[str, int] = {}
+
+
+def _us(ds, keyword, default=0) -> int:
+    """An unsigned short (Rows, Columns, BitsAllocated, ...) read from its raw bytes when still raw."""
+    tag = _TAGS.get(keyword) or _TAGS.setdefault(keyword, pydicom.datadict.tag_for_keyword(keyword))
+    try:
+        elem = ds.get_item(tag)
+    except (KeyError, TypeError):
+        return default
+    if elem is None:
+        return default
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) != 2:
+            return int(ds[tag].value)
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        return int.from_bytes(value, "little" if little else "big")
+    return default if value is None else int(value)
+
+
+def _normal(iop: np.ndarray) -> np.ndarray:
+    r, c = iop[:3], iop[3:]
+    return np.array([r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0]])
+
+
+def _strings(value) -> List[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split("\\")
+    return [str(v) for v in value] if not isinstance(value, (bytes, bytearray)) else [value.decode("latin-1")]
+
+
 def _num(value, default=None):
+    if isinstance(value, str) and "\\" in value:
+        value = value.split("\\")[0]
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -59,6 +114,8 @@ def _num(value, default=None):
 
 
 def _vec(value, n):
+    if isinstance(value, str):
+        value = value.split("\\")
     try:
         v = np.array([float(x) for x in value], dtype=np.float64)
     except (TypeError, ValueError):
@@ -88,28 +145,29 @@ def _series_label(ds) -> str:
 
 def _slices_of(path: str, ds) -> List[_Slice]:
     """All 2D images in one file (raises SeriesProblem for files that hold no usable grayscale image)."""
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    rows, cols = _us(ds, "Rows"), _us(ds, "Columns")
+    if _us(ds, "SamplesPerPixel", 1) != 1:
         raise SeriesProblem("colour image (not a CT/MR grayscale volume)")
     if rows < 1 or cols < 1:
         raise SeriesProblem("image has no rows/columns")
-    image_type = [str(t).upper() for t in (ds.get("ImageType") or [])]
+    image_type = [t.strip().upper() for t in _strings(_raw(ds, "ImageType"))]
     localizer = "LOCALIZER" in image_type
-    uid = str(ds.get("SeriesInstanceUID", "") or f"no-series-uid:{os.path.dirname(path)}")
-    instance = int(_num(ds.get("InstanceNumber"), 0) or 0)
-    top_echo = (_num(ds.get("EchoNumbers")), _num(ds.get("EchoTime")))
-    top_variant = (_num(ds.get("AcquisitionNumber")), _num(ds.get("TemporalPositionIdentifier")),
-                   _num(ds.get("TriggerTime")), _num(ds.get("DiffusionBValue")))
-    n_frames = int(_num(ds.get("NumberOfFrames"), 1) or 1)
-    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    top_iop, top_ipp = _vec(ds.get("ImageOrientationPatient"), 6), _vec(ds.get("ImagePositionPatient"), 3)
-    top_ps = _vec(ds.get("PixelSpacing"), 2)
-    top_slope = _num(ds.get("RescaleSlope"), 1.0)
-    top_intercept = _num(ds.get("RescaleIntercept"), 0.0)
+    uid = str(_raw(ds, "SeriesInstanceUID") or f"no-series-uid:{os.path.dirname(path)}")
+    instance = int(_num(_raw(ds, "InstanceNumber"), 0) or 0)
+    top_echo = (_num(_raw(ds, "EchoNumbers")), _num(_raw(ds, "EchoTime")))
+    top_variant = (_num(_raw(ds, "AcquisitionNumber")), _num(_raw(ds, "TemporalPositionIdentifier")),
+                   _num(_raw(ds, "TriggerTime")), _num(_raw(ds, "DiffusionBValue")))
+    n_frames = int(_num(_raw(ds, "NumberOfFrames"), 1) or 1)
+    multi = n_frames > 1 or "SharedFunctionalGroupsSequence" in ds
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0] if multi else None
+    per_frame = (ds.get("PerFrameFunctionalGroupsSequence") or []) if multi else []
+    top_iop, top_ipp = _vec(_raw(ds, "ImageOrientationPatient"), 6), _vec(_raw(ds, "ImagePositionPatient"), 3)
+    top_ps = _vec(_raw(ds, "PixelSpacing"), 2)
+    top_slope = _num(_raw(ds, "RescaleSlope"), 1.0)
+    top_intercept = _num(_raw(ds, "RescaleIntercept"), 0.0)
     ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     if ts in UNCOMPRESSED_LE and "PixelData" in ds:
-        expected = rows * cols * n_frames * int(ds.get("BitsAllocated", 16) or 16) // 8
+        expected = rows * cols * n_frames * _us(ds, "BitsAllocated", 16) // 8
         if len(ds.PixelData) < expected:
             raise SeriesProblem(f"pixel data truncated ({len(ds.PixelData)} of {expected} bytes)")
     slices = []
@@ -133,7 +191,7 @@ def _slices_of(path: str, ds) -> List[_Slice]:
                 # legacy multi-frame: frames stacked along the normal from the top-level position
                 step = _num(ds.get("SpacingBetweenSlices")) or _num(ds.get("SliceThickness"))
                 if step:
-                    ipp = top_ipp + f * step * np.cross(top_iop[:3], top_iop[3:])
+                    ipp = top_ipp + f * step * _normal(top_iop)
             ps = ps if ps is not None else top_ps
         else:
             iop = iop if iop is not None else top_iop
@@ -176,10 +234,10 @@ def read_headers(paths: Sequence[str], workers: int = 1):
             (not_dicom if error == "not a DICOM file" else skipped).append(
                 path if error == "not a DICOM file" else SkippedSeries(path, error))
             continue
-        sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+        sop_class = str(_raw(ds, "SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
         if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
             continue  # the DICOMDIR index; the files it references are read on their own
-        modality = str(ds.get("Modality", "") or "").upper()
+        modality = str(_raw(ds, "Modality") or "").upper()
         has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
         if not has_pixels and modality not in NON_IMAGE_MODALITIES and _is_image_class(sop_class, ds):
             # pydicom stops quietly at a premature end of file: an image object without pixels was cut short
@@ -213,7 +271,7 @@ def _geometry_key(s: _Slice):
 def _normal_distance(s: _Slice) -> Optional[float]:
     if s.iop is None or s.ipp is None:
         return None
-    return float(np.dot(s.ipp, np.cross(s.iop[:3], s.iop[3:])))
+    return float(np.dot(s.ipp, _normal(s.iop)))
 
 
 def _has_repeats(group: List[_Slice]) -> bool:
@@ -264,9 +322,9 @@ def _echo_label(echo) -> str:
 def _frame_pixels(s: _Slice, cache: Dict) -> np.ndarray:
     ds = s.ds
     ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    bits = int(ds.get("BitsAllocated", 16) or 16)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    stored = int(ds.get("BitsStored", bits) or bits)
+    bits = _us(ds, "BitsAllocated", 16) or 16
+    signed = _us(ds, "PixelRepresentation", 0) == 1
+    stored = _us(ds, "BitsStored", bits) or bits
     if s.frame is None and ts in UNCOMPRESSED_LE and "PixelData" in ds and bits in (8, 16, 32) \
             and (stored == bits or not signed):
         # fast path: read the raw little-endian buffer instead of pydicom's general decoder

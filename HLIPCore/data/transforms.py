@@ -192,11 +192,40 @@ class PercentileClipMinMax(Step):
 
     def __call__(self, x):
         flat = x.detach().reshape(-1).cpu().numpy()
-        lo, hi = (float(v) for v in np.percentile(flat, [self.low, self.high]))
+        lo, hi = (float(v) for v in exact_percentiles(flat, (self.low, self.high)))
         self.values = (lo, hi)
-        x = x.clamp(lo, hi)
-        lo, hi = float(x.min()), float(x.max())  # equal to the percentiles, as the reference recomputes them
-        return (x - lo) / (hi - lo + 1e-8)
+        # after the clip, min and max are the two percentiles (the reference recomputes them; same values)
+        return x.clamp(lo, hi).sub_(lo).div_(hi - lo + 1e-8)
+
+
+def exact_percentiles(flat: np.ndarray, qs: Sequence[float], sample: int = 65536) -> List[float]:
+    """np.percentile(flat, qs) (linear method), exactly, without partitioning the whole volume.
+
+    A strided sample brackets each wanted order statistic; only the voxels inside the bracket are partitioned.
+    Falls back to np.percentile when the bracket misses (for example with many equal values).
+    """
+    n = flat.size
+    if n <= 4 * sample:
+        return [float(v) for v in np.percentile(flat, qs)]
+    probe = np.sort(flat[:: n // sample])
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (n - 1)
+        k = int(np.floor(pos))
+        frac = pos - k
+        r = k / (n - 1) * (probe.size - 1)
+        margin = 4.0 * np.sqrt(probe.size) + 8
+        lo_v = probe[max(int(r - margin), 0)]
+        hi_v = probe[min(int(r + margin) + 1, probe.size - 1)]
+        below = int(np.count_nonzero(flat < lo_v))
+        band = flat[(flat >= lo_v) & (flat <= hi_v)]
+        a, b = k - below, k + 1 - below
+        if a < 0 or b >= band.size:
+            out.append(float(np.percentile(flat, q)))
+            continue
+        part = np.partition(band, [a, b])
+        out.append(float(part[a]) + (float(part[b]) - float(part[a])) * frac)
+    return out
 
 
 class Window(Step):

@@ -163,3 +163,14 @@ def test_study_tensor_stacks_scans_of_different_shapes():
     prepared = preprocess_study(study, PreprocessConfig(mode="auto"))
     assert prepared.tensor.shape == (2, 1, 48, 224, 224)
     assert [r.original_shape for r in prepared.records] == [(12, 40, 50), (30, 64, 64)]
+
+
+@pytest.mark.parametrize("kind", ["uniform", "few_values", "mostly_zero"])
+def test_fast_percentiles_equal_numpy(kind):
+    from HLIPCore.data.transforms import exact_percentiles
+    rng = np.random.default_rng(3)
+    n = 400_000  # above the size where the bracketing path is used
+    data = {"uniform": rng.random(n, dtype=np.float32),
+            "few_values": rng.integers(0, 4, n).astype(np.float32),
+            "mostly_zero": np.where(rng.random(n) < 0.8, 0, rng.gamma(2, 100, n)).astype(np.float32)}[kind]
+    assert exact_percentiles(data, (0.5, 99.5)) == [float(v) for v in np.percentile(data, (0.5, 99.5))]

@@ -45,7 +45,10 @@ def run_hlip(folder, preprocess=True):
 def run_sitk(folder):
     import SimpleITK as sitk
     shapes = []
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # GDCM warns about folders without series
     for root, dirs, files in sorted(os.walk(folder)):
+        if not files:
+            continue
         for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(root) or ():
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, uid))

@@ -10,7 +10,7 @@ import sys
 
 from ..errors import HLIPError
 
-COMMANDS = ("models", "convert", "inspect")
+COMMANDS = ("models", "convert", "inspect", "analyze", "phantoms", "train", "eval", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,12 +27,12 @@ class HLIPAttention(Attention):
         if getattr(self, "gate", None) is not None:
             raise ValueError("gated attention is not part of HLIP")
         self.attn_dim = self.num_heads * self.head_dim  # timm < 1.0.20 lacks the attribute
-        self.record = False  # set by the attention-map code for the block it explains
+        self.record = None  # None, "probs" or "mean": set by the attention-map code (HLIPCore.attention_maps)
         self.attn_probs = None
 
     def _use_flash(self, q: torch.Tensor) -> bool:
         return (_flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-                and not self.record)
+                and self.record is None)
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         b, n, _ = x.shape
@@ -45,17 +45,30 @@ class HLIPAttention(Attention):
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             q, k = self.q_norm(q), self.k_norm(k)
-            if self.record:
+            if self.record == "probs":  # full probabilities, kept with their graph (gradient-weighted maps)
                 attn = ((q * self.scale) @ k.transpose(-2, -1))
                 if attn_mask is not None:
                     attn = attn + attn_mask
                 attn = attn.softmax(dim=-1)
-                if attn.requires_grad:
-                    attn.retain_grad()
                 self.attn_probs = attn
                 out = self.attn_drop(attn) @ v
+            elif self.record == "mean":  # head-averaged probabilities only (rollout), a few heads at a time
+                out, self.attn_probs = self._attention_keeping_head_mean(q, k, v, attn_mask)
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                      dropout_p=self.attn_drop.p if self.training else 0.0)
             out = out.transpose(1, 2).reshape(b, n, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(out)))
+
+    def _attention_keeping_head_mean(self, q, k, v, attn_mask, heads_per_step: int = 2):
+        """Attention output plus the head-mean of the probabilities, without holding all heads' matrices."""
+        outs, mean = [], None
+        for h in range(0, self.num_heads, heads_per_step):
+            scores = (q[:, h:h + heads_per_step] * self.scale) @ k[:, h:h + heads_per_step].transpose(-2, -1)
+            if attn_mask is not None:
+                scores = scores + attn_mask
+            probs = scores.float().softmax(dim=-1)
+            outs.append(probs.to(v.dtype) @ v[:, h:h + heads_per_step])
+            part = probs.sum(dim=1)
+            mean = part if mean is None else mean + part
+        return torch.cat(outs, dim=1), (mean / self.num_heads).to(torch.bfloat16)

@@ -5,7 +5,7 @@ row, column) order, so regrouping them into windows of another level is a reshap
 into every window when a level splits the study into smaller windows, and the copies are averaged when
 windows merge (as the reference does). After the last block the tokens return to the study level.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -96,18 +96,28 @@ class HLIPVisionTransformer(VisionTransformer):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         return x, n, d
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, num_scans, num_slices = self.embed_study(x)
-        x = self.patch_drop(x)
-        x = self.norm_pre(x)
+    def forward_features(self, x: torch.Tensor, grad_from_block: Optional[int] = None) -> torch.Tensor:
+        """Tokens after the final norm, at study level: [B, 1 + N*D'*H'*W', C].
+
+        `grad_from_block=k` runs everything before block k without autograd and starts a graph at block k's
+        input: attention maps need gradients of the last blocks only, so they cost a small backward pass.
+        """
+        no_grad_head = grad_from_block is not None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not no_grad_head):
+            x, num_scans, num_slices = self.embed_study(x)
+            x = self.patch_drop(x)
+            x = self.norm_pre(x)
         level = self.attn_layout[0]
-        for block, next_level in zip(self.blocks, self.attn_layout):
-            x = self.regroup(x, level, next_level, num_scans, num_slices)
-            level = next_level
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        for index, (block, next_level) in enumerate(zip(self.blocks, self.attn_layout)):
+            if no_grad_head and index == grad_from_block:
+                x = x.detach().requires_grad_(True)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not (no_grad_head and index < grad_from_block)):
+                x = self.regroup(x, level, next_level, num_scans, num_slices)
+                level = next_level
+                if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
         x = self.regroup(x, level, "study", num_scans, num_slices)
         return self.norm(x)
 

@@ -132,7 +132,7 @@ def test_recorded_attention_path_equals_fused_path():
     with torch.no_grad():
         fused = trunk(x)
         for block in trunk.blocks:
-            block.attn.record = True
+            block.attn.record = "probs"
         explicit = trunk(x)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
     probs = trunk.blocks[-1].attn.attn_probs

@@ -1,0 +1,212 @@
+"""Analyze studies: read -> select scans -> preprocess -> zero-shot scores -> attention maps on the original
+voxels -> report.json, map NIfTIs and an overview PNG. `Analyzer` keeps the model and the text embeddings
+loaded across studies; `analyze_batch` runs many studies, continues past broken ones and skips finished ones.
+"""
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import attention_maps
+from .data import LoadOptions, PreprocessConfig, ScanSelection, load_study, preprocess_study, select_scans
+from .errors import ConfigError, HLIPError
+from .report import SCHEMA, read_report, safe_name, write_map_nifti, write_report, write_scores_csv
+
+log = logging.getLogger("HLIPCore.analyze")
+Progress = Callable[[str, float], None]  # (stage message, fraction of this study done)
+
+
+@dataclass
+class AnalyzeOptions:
+    model: str = "hlip-demo"
+    prompts: Optional[str] = None            # prompt set name or file; default: the model's catalog entry
+    config: Optional[str] = None             # model config for a bare checkpoint file
+    tokenizer: Optional[str] = None
+    device: str = "auto"
+    precision: str = "fp32"
+    attention: str = "top"                   # top | all | none | a class name (or task/class)
+    attention_method: str = "gradcam"        # gradcam | rollout
+    num_slices: Optional[int] = None         # depth of the model input; default: the model's catalog entry
+    selection: ScanSelection = field(default_factory=ScanSelection)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    overview: bool = True
+    download: bool = False
+
+
+class Analyzer:
+    def __init__(self, options: AnalyzeOptions):
+        from .model.precision import check_precision, prepare_for_inference, resolve_device
+        from .model.resolve import load_model
+        from .prompts import load_prompt_set
+        from .zeroshot import build_classifier
+
+        if options.attention_method not in attention_maps.METHODS:
+            raise ConfigError(f"attention method must be one of {attention_maps.METHODS}")
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.precision = check_precision(options.precision)
+        self.model, self.tokenizer, self.resolved = load_model(options.model, options.config, options.tokenizer,
+                                                               device=self.device, download=options.download)
+        default_prompts = (self.resolved.entry.prompts if self.resolved.entry else None) or \
+            self.resolved.config.get("prompts") or "pub_brain_5"
+        self.prompt_set = load_prompt_set(options.prompts or default_prompts)
+        self.classifier = build_classifier(self.model, self.tokenizer, self.prompt_set, self.resolved.checkpoint)
+        prepare_for_inference(self.model, self.precision)
+        pre = dict(self.resolved.preprocess)
+        vision = self.resolved.config["vision_cfg"]
+        self.preprocess = PreprocessConfig(mode=pre.get("mode", "auto"), img_size=tuple(pre.get("img_size", vision["img_size"])),
+                                           num_slices=options.num_slices or pre.get("num_slices"))
+        self.targets_all = [(t.name, c.name) for t in self.prompt_set.tasks for c in t.classes]
+
+    # -- steps -------------------------------------------------------------------------------------------------
+    def map_targets(self, scores: dict) -> List[Tuple[str, str]]:
+        choice = self.options.attention
+        if choice == "none":
+            return []
+        if choice == "all":
+            return list(self.targets_all)
+        if choice == "top":
+            return [(task, max(classes, key=classes.get)) for task, classes in scores.items()]
+        wanted = [(t, c) for t, c in self.targets_all if choice in (c, f"{t}/{c}")]
+        if not wanted:
+            raise ConfigError(f"--attention {choice!r}: no such class in prompt set '{self.prompt_set.name}'")
+        return wanted
+
+    def run_model(self, tensor: torch.Tensor, targets_for: Callable[[dict], list]):
+        """(scores, {target: token-grid relevance}) for one study tensor [N, 1, D, H, W]."""
+        from .model.precision import autocast
+        x = tensor[None].to(self.device)
+        with autocast(self.device, self.precision):
+            if self.options.attention == "none":
+                with torch.inference_mode():
+                    feats = self.model.encode_image(x)
+                return self.classifier.scores(feats)[0], {}
+            if self.options.attention_method == "rollout":
+                feats, relevance = attention_maps.rollout(self.model, x)
+                scores = self.classifier.scores(feats)[0]
+                # class-agnostic: one map, whatever the classes asked for
+                return scores, ({("rollout", "class-agnostic"): relevance} if targets_for(scores) else {})
+            feats, maps = attention_maps.gradcam(self.model, self.classifier, x,
+                                                 lambda f: targets_for(self.classifier.scores(f)[0]))
+            return self.classifier.scores(feats)[0], maps
+
+    def analyze(self, source, out_dir: Union[str, Path], name: Optional[str] = None,
+                progress: Optional[Progress] = None) -> dict:
+        progress = progress or (lambda stage, fraction: None)
+        out_dir = Path(out_dir)
+        timings, t0 = {}, time.perf_counter()
+
+        def lap(stage):
+            nonlocal t0
+            timings[stage] = round(time.perf_counter() - t0, 3)
+            t0 = time.perf_counter()
+
+        progress("reading study", 0.0)
+        study = load_study(source, self.options.load)
+        study = select_scans(study, self.options.selection)
+        if not study.scans:
+            raise HLIPError(f"{name or source}: no scan left after scan selection")
+        lap("load")
+        progress("preprocessing", 0.2)
+        prepared = preprocess_study(study, self.preprocess)
+        lap("preprocess")
+        progress("running the model", 0.35)
+        scores, relevance = self.run_model(prepared.tensor, self.map_targets)
+        lap("model")
+        progress("mapping attention to the original voxels", 0.75)
+        maps = self.maps_on_original_voxels(relevance, prepared)
+        lap("maps")
+        progress("writing results", 0.9)
+        report = self.build_report(name or Path(str(source)).name, study, scores, timings)
+        report["maps"] = self.write_maps(maps, prepared, out_dir)
+        if self.options.overview and maps:
+            from .overview import write_overview
+            write_overview(out_dir / "overview.png", prepared.scans, maps, scores)
+            report["overview"] = "overview.png"
+        lap("write")
+        report["timings_s"]["total"] = round(sum(timings.values()), 3)
+        write_report(report, out_dir)
+        progress("done", 1.0)
+        return report
+
+    def maps_on_original_voxels(self, relevance: dict, prepared) -> dict:
+        """{target: [per scan (K, J, I) float32 in 0..1]}: upsampled to the model grid, sent back through each
+        scan's recorded preprocessing, normalised over the study."""
+        grid = prepared.tensor.shape[-3:]
+        out = {}
+        for target, rel in attention_maps.normalise(relevance).items():
+            on_grid = attention_maps.upsample_to_grid(rel.cpu(), grid).numpy()
+            out[target] = [np.clip(rec.to_original(on_grid[i]), 0.0, 1.0).astype(np.float32)
+                           for i, rec in enumerate(prepared.records)]
+        return out
+
+    def write_maps(self, maps: dict, prepared, out_dir: Path) -> list:
+        entries = []
+        for (task, cls), volumes in maps.items():
+            for index, (volume, scan) in enumerate(zip(volumes, prepared.scans)):
+                rel = Path("maps") / f"{safe_name(task)}__{safe_name(cls)}__scan{index:02d}.nii.gz"
+                write_map_nifti(volume, scan.affine, out_dir / rel)
+                entries.append({"task": task, "class": cls, "scan_index": index, "file": rel.as_posix(),
+                                "method": self.options.attention_method})
+        return entries
+
+    def build_report(self, name: str, study, scores: dict, timings: dict) -> dict:
+        ckpt = self.resolved.checkpoint
+        return {
+            "schema": SCHEMA, "study": name, "status": "ok",
+            "model": {"id": self.resolved.model_id, "config": self.resolved.config.get("description", ""),
+                      "checkpoint": Path(ckpt).name if ckpt else None},
+            "prompt_set": {"name": self.prompt_set.name, "fingerprint": self.prompt_set.fingerprint()},
+            "device": str(self.device), "precision": self.precision, "num_slices": self.preprocess.depth,
+            "scores": scores, "top": {task: max(c, key=c.get) for task, c in scores.items()},
+            "scans": [{"index": i, "modality": s.modality, "description": s.description, "shape": list(s.shape),
+                       "spacing_mm": [round(float(v), 4) for v in s.spacing], "orientation": s.orientation}
+                      for i, s in enumerate(study.scans)],
+            "skipped": [{"source": str(k.source), "reason": k.reason} for k in study.skipped],
+            "maps": [], "timings_s": dict(timings),
+            "warnings": [w for s in study.scans for w in s.warnings],
+        }
+
+
+def study_name(source) -> str:
+    return Path(str(source)).name.replace(".nii.gz", "").replace(".nii", "").replace(".nrrd", "") or "study"
+
+
+def analyze_batch(sources: Sequence, out_root: Union[str, Path], options: AnalyzeOptions, force: bool = False,
+                  show_progress: bool = True, flat: bool = False) -> List[dict]:
+    """Analyse every study into out_root/<study>/ (`flat`: a single study straight into out_root); write
+    out_root/scores.csv. A failing study is recorded with its error and the batch goes on; a study whose report
+    matches this model and prompt set is not redone unless `force`."""
+    from tqdm import tqdm
+    out_root = Path(out_root)
+    analyzer = Analyzer(options)
+    rows, names = [], set()
+    bar = tqdm(list(sources), desc="studies", unit="study", disable=not show_progress)
+    for source in bar:
+        name = study_name(source)
+        while name in names:  # two studies with the same folder name get distinct output folders
+            name += "_"
+        names.add(name)
+        out_dir = out_root if flat else out_root / safe_name(name)
+        done = read_report(out_dir)
+        if not force and done and done.get("status") == "ok" and \
+                done.get("prompt_set", {}).get("fingerprint") == analyzer.prompt_set.fingerprint() and \
+                done.get("model", {}).get("id") == analyzer.resolved.model_id:
+            rows.append(done)
+            continue
+        bar.set_postfix_str(name[:30])
+        try:
+            rows.append(analyzer.analyze(source, out_dir, name=name))
+        except HLIPError as exc:
+            log.error("%s: %s", name, exc)
+            rows.append({"study": name, "status": "error", "error": str(exc)})
+        except Exception as exc:  # keep the batch going; the traceback goes to the debug log
+            log.debug("unexpected failure on %s", name, exc_info=True)
+            log.error("%s: unexpected %s: %s", name, type(exc).__name__, exc)
+            rows.append({"study": name, "status": "error", "error": f"{type(exc).__name__}: {exc}"})
+    write_scores_csv(rows, out_root / "scores.csv")
+    return rows

@@ -1,0 +1,117 @@
+"""Where the model looked: per-class relevance maps on the token grid of every scan of a study.
+
+`gradcam` (the reference's `--interpret`): the class-token row of mean_heads(clamp(grad * attn, 0)) of the last
+study-level block, where grad is the gradient of the class score. Only the blocks from that one on are run
+with autograd, so a map costs a small backward pass.
+
+`rollout`: class-agnostic attention rollout, r <- r (0.5 I + 0.5 mean_heads(A)) from the last block to the
+first, following the class token through the hierarchy (its copies in windows are averaged when windows merge,
+so relevance splits evenly among them going backwards). No backward pass, but every block computes its
+attention explicitly.
+
+Maps come back as [N_scans, D', H', W'] on the token grid; `upsample_to_grid` brings them to the model input
+grid, from where each scan's preprocessing record maps them onto the original voxels.
+"""
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("gradcam", "rollout")
+
+
+def explained_block(trunk) -> int:
+    """The last study-level block (the reference's choice), else the last block."""
+    study = [i for i, level in enumerate(trunk.attn_layout) if level == "study"]
+    return study[-1] if study else len(trunk.blocks) - 1
+
+
+def token_grid(trunk, x: torch.Tensor) -> Tuple[int, Tuple[int, int, int]]:
+    """(num_scans, (D', H', W')) of a study tensor [1, N, 1, D, H, W]."""
+    pd, ph, pw = trunk.patch_embed.patch_size
+    d, h, w = x.shape[-3:]
+    return x.shape[1], (d // pd, h // ph, w // pw)
+
+
+def _class_token_rows(cam: torch.Tensor, num_scans: int, grid) -> torch.Tensor:
+    """[W, 1+L, 1+L] per-window maps -> class-token row without prefix, in token order -> [N, D', H', W']."""
+    return cam[:, 0, 1:].reshape(num_scans, *grid).float()
+
+
+def gradcam(model, classifier, study: torch.Tensor, choose_targets: Callable[[torch.Tensor], List[Tuple[str, str]]]):
+    """(image features [1, E] detached, {(task, class): relevance [N, D', H', W']}).
+
+    `choose_targets(features)` names the classes to explain once the features (hence the scores) are known,
+    so one forward pass serves both scoring and the maps."""
+    trunk = model.visual.trunk
+    index = explained_block(trunk)
+    attn = trunk.blocks[index].attn
+    num_scans, grid = token_grid(trunk, study)
+    attn.record = "probs"
+    try:
+        with torch.enable_grad():
+            tokens = trunk.forward_features(study, grad_from_block=index)
+            features = model.visual.head(trunk.forward_head(tokens))
+            probs = attn.attn_probs
+            targets = choose_targets(features.detach())
+            maps = {}
+            for i, (task, cls) in enumerate(targets):
+                score = classifier.class_score(features, task, cls).sum()
+                (grad,) = torch.autograd.grad(score, probs, retain_graph=i < len(targets) - 1)
+                cam = (grad.float() * probs.detach().float()).clamp(min=0).mean(dim=1)
+                maps[(task, cls)] = _class_token_rows(cam, num_scans, grid)
+    finally:
+        attn.record, attn.attn_probs = None, None
+    return features.detach(), maps
+
+
+def _windows(level: str, num_scans: int, num_slices: int) -> int:
+    return {"slice": num_scans * num_slices, "scan": num_scans, "study": 1}[level]
+
+
+@torch.no_grad()
+def rollout(model, study: torch.Tensor):
+    """(image features [1, E], relevance [N, D', H', W']) by attention rollout through the hierarchy."""
+    trunk = model.visual.trunk
+    num_scans, grid = token_grid(trunk, study)
+    for block in trunk.blocks:
+        block.attn.record = "mean"
+    try:
+        features = model.visual(study)
+        means = [block.attn.attn_probs for block in trunk.blocks]
+    finally:
+        for block in trunk.blocks:
+            block.attn.record, block.attn.attn_probs = None, None
+    layout = trunk.attn_layout
+    windows = _windows(layout[-1], num_scans, grid[0])
+    r_cls = torch.full((windows,), 1.0 / windows)  # the final merge averages the class-token copies
+    r_tok = torch.zeros(num_scans * grid[0] * grid[1] * grid[2])
+    for index in range(len(layout) - 1, -1, -1):
+        a = means[index].float()  # [W, 1+L, 1+L]
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1])
+        a = a / a.sum(dim=-1, keepdim=True)
+        v = torch.cat([r_cls[:, None], r_tok.reshape(a.shape[0], -1)], dim=1)
+        v = torch.bmm(v[:, None, :], a)[:, 0]
+        r_cls, r_tok = v[:, 0], v[:, 1:].reshape(-1)
+        if index > 0:  # undo the regroup that fed this block: its class tokens came from the previous level
+            src = _windows(layout[index - 1], num_scans, grid[0])
+            if src > r_cls.numel():  # forward merged src copies by averaging
+                r_cls = (r_cls / (src // r_cls.numel())).repeat_interleave(src // r_cls.numel())
+            elif src < r_cls.numel():  # forward copied each src token into several windows
+                r_cls = r_cls.reshape(src, -1).sum(dim=1)
+    return features, r_tok.reshape(num_scans, *grid)
+
+
+def upsample_to_grid(relevance: torch.Tensor, size) -> torch.Tensor:
+    """[N, D', H', W'] token-grid map -> [N, D, H, W] on the model input grid (trilinear, as the reference)."""
+    return F.interpolate(relevance[:, None].float(), size=tuple(int(s) for s in size), mode="trilinear",
+                         align_corners=False)[:, 0]
+
+
+def normalise(maps: Dict[object, torch.Tensor]) -> Dict[object, torch.Tensor]:
+    """Min-max to [0, 1] per map over the whole study, so scans of one study stay comparable."""
+    out = {}
+    for key, m in maps.items():
+        lo, hi = m.min(), m.max()
+        out[key] = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+    return out

@@ -1,0 +1,143 @@
+"""Analyze end to end with a small random-weight model: scores, maps on the original voxels, reports, batches."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from data_fixtures import affine_from, blob_volume, dicomdir_tests_folder, write_series
+from HLIPCore.analyze import AnalyzeOptions, Analyzer, analyze_batch
+from HLIPCore.model.checkpoint import convert_checkpoint
+from HLIPCore.prompts import PromptSet, load_prompt_set
+from HLIPCore.zeroshot import build_classifier, encode_texts, ensemble
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer_dir):
+    """A converted tiny model folder (weights + config + tokenizer), as `hlip convert` writes them."""
+    from HLIPCore.model import create_model
+    torch.manual_seed(0)
+    model = create_model("tiny_multiscan_h3")
+    folder = tmp_path_factory.mktemp("models")
+    torch.save(model.state_dict(), folder / "tiny.pt")
+    return convert_checkpoint(folder / "tiny.pt", "tiny_multiscan_h3", folder / "tiny", tokenizer=tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """Two MR series (axial and sagittal) of a blob phantom, written as real DICOM files."""
+    root = tmp_path_factory.mktemp("study") / "study_A"
+    ax = affine_from([-1, 0, 0], [0, -1, 0], (2.0, 2.0, 4.0), [60, 60, -30])
+    write_series(root / "ax", blob_volume((12, 40, 40), (6, 20, 24), (2, 5, 5)), ax, description="T1 AX")
+    sag = affine_from([0, 1, 0], [0, 0, -1], (2.0, 2.0, 5.0), [-30, -60, 60])
+    write_series(root / "sag", blob_volume((10, 36, 36), (5, 18, 18), (2, 4, 4), seed=1), sag, description="T2 SAG")
+    return root
+
+
+def options(model_dir, **kw):
+    base = dict(model=str(model_dir), prompts="pub_brain_5", device="cpu", attention="top")
+    base.update(kw)
+    return AnalyzeOptions(**base)
+
+
+def test_scores_maps_and_report(model_dir, study_dir, tmp_path):
+    report = Analyzer(options(model_dir)).analyze(study_dir, tmp_path / "out")
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk == report and report["status"] == "ok" and len(report["scans"]) == 2
+    ps = load_prompt_set("pub_brain_5")
+    for task in ps.tasks:
+        probs = report["scores"][task.name]
+        assert set(probs) == {c.name for c in task.classes}
+        assert abs(sum(probs.values()) - 1.0) < 1e-5  # multiclass: softmax over the task
+    maps = report["maps"]
+    assert {m["task"] for m in maps} == {t.name for t in ps.tasks}  # --attention top: one class per task
+    for entry in maps:
+        image = nib.load(tmp_path / "out" / entry["file"])
+        scan = report["scans"][entry["scan_index"]]
+        assert image.shape == tuple(reversed(scan["shape"]))  # (I, J, K) of the input scan
+        data = image.get_fdata()
+        assert 0.0 <= data.min() and data.max() <= 1.0 and np.isfinite(data).all()
+    # the map of scan 0 carries exactly the input series' affine
+    from HLIPCore.data import load_study
+    scans = load_study(study_dir).scans
+    first = [m for m in maps if m["scan_index"] == 0][0]
+    index = [s.description for s in scans].index(report["scans"][0]["description"])
+    np.testing.assert_allclose(nib.load(tmp_path / "out" / first["file"]).affine, scans[index].affine, atol=1e-4)
+    assert (tmp_path / "out" / "overview.png").stat().st_size > 1000
+
+
+def test_scores_do_not_depend_on_class_order(model_dir, study_dir, tmp_path):
+    ps = load_prompt_set("pub_brain_5")
+    d = ps.to_dict()
+    for task in d["tasks"]:
+        task["classes"] = list(reversed(task["classes"]))
+    reversed_file = tmp_path / "reversed.json"
+    reversed_file.write_text(json.dumps(d))
+    a = Analyzer(options(model_dir, attention="none")).analyze(study_dir, tmp_path / "a")
+    b = Analyzer(options(model_dir, attention="none", prompts=str(reversed_file))).analyze(study_dir, tmp_path / "b")
+    for task, probs in a["scores"].items():
+        for cls, p in probs.items():
+            assert abs(b["scores"][task][cls] - p) < 1e-6
+
+
+def test_template_ensembling_equals_formula(model_dir, tmp_path):
+    from HLIPCore.model import create_model, create_tokenizer
+    model, tok = create_model(model_dir), create_tokenizer(model_dir)
+    ps = PromptSet.from_dict({"name": "t", "templates": ["a scan of {}.", "this mri study shows: {}."],
+                              "tasks": [{"name": "d", "kind": "multiclass", "classes": [
+                                  {"name": "A", "prompts": ["glioma", "mass lesion"]},
+                                  {"name": "B", "prompts": ["normal brain"]}]}]})
+    clf = build_classifier(model, tok, ps, cache=tmp_path)
+    texts = ["a scan of glioma.", "a scan of mass lesion.", "this mri study shows: glioma.",
+             "this mri study shows: mass lesion."]
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(model.encode_text(tok(texts)), dim=-1)
+    expected = e.mean(0) / e.mean(0).norm()
+    torch.testing.assert_close(clf.weights["d"][0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ensemble(encode_texts(model, tok, texts)), expected, atol=1e-5, rtol=1e-5)
+    # the cache returns the same embeddings without running the text tower
+    model.text.forward = None  # would fail if called
+    cached = build_classifier(model, tok, ps, cache=tmp_path)
+    torch.testing.assert_close(cached.weights["d"], clf.weights["d"])
+
+
+def test_batch_continues_past_a_corrupt_study_and_skips_finished(model_dir, study_dir, tmp_path):
+    broken = tmp_path / "broken_study"
+    broken.mkdir()
+    (broken / "image.dcm").write_bytes(b"DICM" + bytes(300))
+    opts = options(model_dir, attention="none")
+    rows = analyze_batch([study_dir, broken], tmp_path / "batch", opts, show_progress=False)
+    assert [r["status"] for r in rows] == ["ok", "error"] and "image.dcm" in rows[1]["error"] or "broken" in rows[1]["error"]
+    with open(tmp_path / "batch" / "scores.csv") as f:
+        table = list(csv.DictReader(f))
+    assert table[0]["status"] == "ok" and float(table[0]["disease/Normal"]) > 0
+    assert table[1]["status"] == "error" and table[1]["error"]
+    report = tmp_path / "batch" / "study_A" / "report.json"
+    stamp = report.stat().st_mtime_ns
+    analyze_batch([study_dir], tmp_path / "batch", opts, show_progress=False)
+    assert report.stat().st_mtime_ns == stamp  # finished study not redone
+
+
+def test_rollout_maps(model_dir, study_dir, tmp_path):
+    report = Analyzer(options(model_dir, attention_method="rollout")).analyze(study_dir, tmp_path / "r")
+    assert {(m["task"], m["class"]) for m in report["maps"]} == {("rollout", "class-agnostic")}
+
+
+@pytest.mark.slow
+def test_hlip_analyze_cli_on_real_dicom(model_dir, tmp_path):
+    """pydicom's real multi-series test study through the CLI in a child process."""
+    folder = dicomdir_tests_folder()
+    cmd = [sys.executable, "-m", "HLIPCore.cli.main", "analyze", folder, "--model", str(model_dir),
+           "--prompts", "pub_brain_5", "--out", str(tmp_path / "cli"), "--attention", "Glioma", "--device", "cpu"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert report["scans"] and {m["class"] for m in report["maps"]} == {"Glioma"}
+    assert "Doe" not in (tmp_path / "cli" / "report.json").read_text()

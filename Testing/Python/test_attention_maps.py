@@ -1,0 +1,100 @@
+"""Attention maps: rollout through the hierarchy against explicit full matrices; gradient maps' shape and use."""
+import numpy as np
+import pytest
+import torch
+
+from HLIPCore import attention_maps
+from HLIPCore.model import create_model
+
+IMG = (16, 64, 64)  # tiny config: 2 slices x 4 x 4 tokens per scan
+
+
+def _model(layout):
+    from HLIPCore.model.factory import get_model_config
+    cfg = get_model_config("tiny_multiscan_h3")
+    cfg["vision_cfg"]["attn_layout"] = layout
+    torch.manual_seed(0)
+    model = create_model(cfg)
+    with torch.no_grad():
+        for p in model.visual.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    return model
+
+
+def brute_force_rollout(layout, means, scans, slices, tokens):
+    """Row vector through explicit matrices over (class-token copies of the level) + all patch tokens."""
+    per = {"slice": scans * slices, "scan": scans, "study": 1}
+
+    def block_matrix(a, windows):  # block-diagonal Â in the (copies..., tokens...) index space
+        size = windows + tokens
+        full = np.zeros((size, size))
+        per_window = tokens // windows
+        for w in range(windows):
+            idx = [w] + [windows + w * per_window + t for t in range(per_window)]
+            m = 0.5 * a[w] + 0.5 * np.eye(len(idx))
+            full[np.ix_(idx, idx)] = m / m.sum(axis=1, keepdims=True)
+        return full
+
+    def regroup(src, dst):  # forward x_dst = G x_src over (copies + tokens)
+        g = np.zeros((dst + tokens, src + tokens))
+        g[dst:, src:] = np.eye(tokens)
+        for d in range(dst):
+            for s in range(src):
+                if src >= dst and s // (src // dst) == d:  # merge: average the copies
+                    g[d, s] = dst / src
+                if src < dst and d // (dst // src) == s:  # split: copy
+                    g[d, s] = 1.0
+        return g
+
+    r = np.zeros(1 + tokens)
+    r[0] = 1.0
+    r = r @ regroup(per[layout[-1]], 1)
+    for b in range(len(layout) - 1, -1, -1):
+        r = r @ block_matrix(means[b], per[layout[b]])
+        if b > 0:
+            r = r @ regroup(per[layout[b - 1]], per[layout[b]])
+    return r[per[layout[0]]:]
+
+
+@pytest.mark.parametrize("layout", [["study", "study"], ["scan", "study", "scan"], ["slice", "scan", "study"],
+                                    ["study", "slice", "slice"]])
+def test_rollout_equals_explicit_matrix_product(layout):
+    model = _model(layout)
+    x = torch.randn(1, 2, 1, *IMG)
+    _, ours = attention_maps.rollout(model, x)
+    trunk = model.visual.trunk
+    for block in trunk.blocks:
+        block.attn.record = "mean"
+    with torch.no_grad():
+        model.visual(x)
+    means = [block.attn.attn_probs.float().numpy() for block in trunk.blocks]
+    expected = brute_force_rollout(layout, means, scans=2, slices=2, tokens=2 * 2 * 16)
+    np.testing.assert_allclose(ours.flatten().numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_gradcam_maps_are_per_class_and_on_the_token_grid():
+    from types import SimpleNamespace
+    model = _model(["slice", "scan", "study"])
+    feats_dim = model.visual.head.proj.out_features
+    torch.manual_seed(1)
+    weights = torch.nn.functional.normalize(torch.randn(3, feats_dim), dim=-1)
+
+    class Classifier:  # linear class scores on the image features
+        def class_score(self, features, task, cls):
+            return features @ weights[int(cls)]
+
+    x = torch.randn(1, 3, 1, *IMG)
+    feats, maps = attention_maps.gradcam(model, Classifier(), x, lambda f: [("t", "0"), ("t", "1")])
+    assert feats.shape == (1, feats_dim) and not feats.requires_grad
+    assert set(maps) == {("t", "0"), ("t", "1")}
+    for m in maps.values():
+        assert m.shape == (3, 2, 4, 4) and (m >= 0).all()
+    assert not torch.allclose(maps[("t", "0")], maps[("t", "1")])
+    assert all(b.attn.record is None and b.attn.attn_probs is None for b in model.visual.trunk.blocks)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, model.visual(x), atol=1e-5, rtol=1e-5)  # same features as plain inference
+    up = attention_maps.upsample_to_grid(maps[("t", "0")], IMG)
+    assert up.shape == (3, *IMG)
+    norm = attention_maps.normalise({"a": up})["a"]
+    assert norm.min() == 0 and norm.max() == 1

@@ -128,7 +128,7 @@ class Analyzer:
             write_overview(out_dir / "overview.png", prepared.scans, maps, scores)
             report["overview"] = "overview.png"
         lap("write")
-        report["timings_s"]["total"] = round(sum(timings.values()), 3)
+        report["timings_s"] = {**timings, "total": round(sum(timings.values()), 3)}
         write_report(report, out_dir)
         progress("done", 1.0)
         return report

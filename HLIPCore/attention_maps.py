@@ -50,7 +50,7 @@ def gradcam(model, classifier, study: torch.Tensor, choose_targets: Callable[[to
     attn.record = "probs"
     try:
         with torch.enable_grad():
-            tokens = trunk.forward_features(study, grad_from_block=index)
+            tokens = trunk.forward_features(study, grad_from_block=index, class_token_only=True)
             features = model.visual.head(trunk.forward_head(tokens))
             probs = attn.attn_probs
             targets = choose_targets(features.detach())

@@ -72,3 +72,26 @@ class HLIPAttention(Attention):
             part = probs.sum(dim=1)
             mean = part if mean is None else mean + part
         return torch.cat(outs, dim=1), (mean / self.num_heads).to(torch.bfloat16)
+
+    def forward_class_token(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention output of the first (class) token only, [B, 1, C], attending to all tokens of x.
+
+        Used for the last block when only the pooled class token is needed: the query (and the work of every
+        other row) is skipped, and recorded probabilities are one row per head, so maps cost almost nothing.
+        """
+        b, n, c = x.shape
+        w, bias = self.qkv.weight, self.qkv.bias
+        d = self.attn_dim
+        q = F.linear(x[:, :1], w[:d], None if bias is None else bias[:d]).reshape(b, 1, self.num_heads, self.head_dim)
+        kv = F.linear(x, w[d:], None if bias is None else bias[d:]).reshape(b, n, 2, self.num_heads, self.head_dim)
+        q = self.q_norm(q.transpose(1, 2))
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        k = self.k_norm(k)
+        if self.record is not None:
+            probs = ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)  # [B, heads, 1, N]
+            self.attn_probs = probs if self.record == "probs" else probs.mean(dim=1).to(torch.bfloat16)
+            out = probs.to(v.dtype) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(b, 1, self.attn_dim)
+        return self.proj_drop(self.proj(self.norm(out)))

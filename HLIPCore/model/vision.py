@@ -96,8 +96,17 @@ class HLIPVisionTransformer(VisionTransformer):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         return x, n, d
 
-    def forward_features(self, x: torch.Tensor, grad_from_block: Optional[int] = None) -> torch.Tensor:
+    def class_token_block(self, block, x: torch.Tensor) -> torch.Tensor:
+        """A timm Block computed for the class token only: [W, 1 + L, C] -> [W, 1, C]."""
+        y = x[:, :1] + block.drop_path1(block.ls1(block.attn.forward_class_token(block.norm1(x))))
+        return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
+
+    def forward_features(self, x: torch.Tensor, grad_from_block: Optional[int] = None,
+                         class_token_only: bool = False) -> torch.Tensor:
         """Tokens after the final norm, at study level: [B, 1 + N*D'*H'*W', C].
+
+        `class_token_only`: when the last block attends to the whole study, only the class token is computed in
+        it (that is all token pooling reads), and [B, 1, C] is returned: 1/depth of the work saved.
 
         `grad_from_block=k` runs everything before block k without autograd and starts a graph at block k's
         input: attention maps need gradients of the last blocks only, so they cost a small backward pass.
@@ -114,7 +123,9 @@ class HLIPVisionTransformer(VisionTransformer):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not (no_grad_head and index < grad_from_block)):
                 x = self.regroup(x, level, next_level, num_scans, num_slices)
                 level = next_level
-                if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                if class_token_only and level == "study" and index == len(self.blocks) - 1:
+                    x = self.class_token_block(block, x)
+                elif self.grad_checkpointing and self.training and not torch.jit.is_scripting():
                     x = checkpoint(block, x, use_reentrant=False)
                 else:
                     x = block(x)
@@ -122,4 +133,4 @@ class HLIPVisionTransformer(VisionTransformer):
         return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x, class_token_only=True))

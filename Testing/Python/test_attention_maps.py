@@ -67,7 +67,7 @@ def test_rollout_equals_explicit_matrix_product(layout):
     for block in trunk.blocks:
         block.attn.record = "mean"
     with torch.no_grad():
-        model.visual(x)
+        trunk.forward_features(x)  # every block in full (rollout itself computes the last one for the class token)
     means = [block.attn.attn_probs.float().numpy() for block in trunk.blocks]
     expected = brute_force_rollout(layout, means, scans=2, slices=2, tokens=2 * 2 * 16)
     np.testing.assert_allclose(ours.flatten().numpy(), expected, rtol=1e-4, atol=1e-6)

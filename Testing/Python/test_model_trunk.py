@@ -130,14 +130,28 @@ def test_recorded_attention_path_equals_fused_path():
     trunk = make_trunk("slice scan study")
     x = torch.randn(1, 2, 1, *IMG)
     with torch.no_grad():
-        fused = trunk(x)
+        fused = trunk.forward_features(x)
         for block in trunk.blocks:
             block.attn.record = "probs"
-        explicit = trunk(x)
+        explicit = trunk.forward_features(x)
+        probs = trunk.blocks[-1].attn.attn_probs
+        pooled_explicit = trunk(x)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
-    probs = trunk.blocks[-1].attn.attn_probs
     assert probs.shape == (1, 2, 1 + 2 * 8, 1 + 2 * 8)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    # the pooled forward computes the last (study) block for the class token alone: its single row per head
+    row = trunk.blocks[-1].attn.attn_probs
+    assert row.shape == (1, 2, 1, 1 + 2 * 8)
+    torch.testing.assert_close(row[:, :, 0], probs[:, :, 0])
+    torch.testing.assert_close(pooled_explicit, fused[:, 0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["scan study", "slice scan study", "study slice", "scan scan"])
+def test_class_token_only_last_block_equals_full_forward(layout):
+    trunk = make_trunk(layout)
+    x = torch.randn(2, 3, 1, *IMG)
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(x), trunk.forward_features(x)[:, 0], atol=1e-5, rtol=1e-5)
 
 
 def test_gradient_checkpointing_gives_same_gradients():

@@ -135,22 +135,29 @@ class Analyzer:
 
     def maps_on_original_voxels(self, relevance: dict, prepared) -> dict:
         """{target: [per scan (K, J, I) float32 in 0..1]}: upsampled to the model grid, sent back through each
-        scan's recorded preprocessing, normalised over the study."""
+        scan's recorded preprocessing, normalised over the study. Targets sharing one map share the result."""
         grid = prepared.tensor.shape[-3:]
-        out = {}
-        for target, rel in attention_maps.normalise(relevance).items():
-            on_grid = attention_maps.upsample_to_grid(rel.cpu(), grid).numpy()
-            out[target] = [np.clip(rec.to_original(on_grid[i]), 0.0, 1.0).astype(np.float32)
-                           for i, rec in enumerate(prepared.records)]
+        out, done = {}, {}
+        for target, rel in relevance.items():
+            if id(rel) not in done:
+                norm = attention_maps.normalise({0: rel})[0]
+                on_grid = attention_maps.upsample_to_grid(norm.cpu(), grid).numpy()
+                done[id(rel)] = [np.clip(rec.to_original(on_grid[i]), 0.0, 1.0).astype(np.float32)
+                                 for i, rec in enumerate(prepared.records)]
+            out[target] = done[id(rel)]
         return out
 
     def write_maps(self, maps: dict, prepared, out_dir: Path) -> list:
-        entries = []
+        """One NIfTI per scan and distinct map; (task, class) pairs that share a map point at the same files."""
+        entries, written = [], {}
         for (task, cls), volumes in maps.items():
             for index, (volume, scan) in enumerate(zip(volumes, prepared.scans)):
-                rel = Path("maps") / f"{safe_name(task)}__{safe_name(cls)}__scan{index:02d}.nii.gz"
-                write_map_nifti(volume, scan.affine, out_dir / rel)
-                entries.append({"task": task, "class": cls, "scan_index": index, "file": rel.as_posix(),
+                key = (id(volumes), index)
+                if key not in written:
+                    rel = Path("maps") / f"{safe_name(task)}__{safe_name(cls)}__scan{index:02d}.nii.gz"
+                    write_map_nifti(volume, scan.affine, out_dir / rel)
+                    written[key] = rel.as_posix()
+                entries.append({"task": task, "class": cls, "scan_index": index, "file": written[key],
                                 "method": self.options.attention_method})
         return entries
 

@@ -54,12 +54,15 @@ def gradcam(model, classifier, study: torch.Tensor, choose_targets: Callable[[to
             features = model.visual.head(trunk.forward_head(tokens))
             probs = attn.attn_probs
             targets = choose_targets(features.detach())
-            maps = {}
+            maps, by_signature = {}, {}
             for i, (task, cls) in enumerate(targets):
-                score = classifier.class_score(features, task, cls).sum()
-                (grad,) = torch.autograd.grad(score, probs, retain_graph=i < len(targets) - 1)
-                cam = (grad.float() * probs.detach().float()).clamp(min=0).mean(dim=1)
-                maps[(task, cls)] = _class_token_rows(cam, num_scans, grid)
+                signature = classifier.score_signature(task, cls) if hasattr(classifier, "score_signature") else i
+                if signature not in by_signature:  # the same score function gives the same map: compute it once
+                    score = classifier.class_score(features, task, cls).sum()
+                    (grad,) = torch.autograd.grad(score, probs, retain_graph=True)
+                    cam = (grad.float() * probs.detach().float()).clamp(min=0).mean(dim=1)
+                    by_signature[signature] = _class_token_rows(cam, num_scans, grid)
+                maps[(task, cls)] = by_signature[signature]
     finally:
         attn.record, attn.attn_probs = None, None
     return features.detach(), maps

@@ -79,6 +79,13 @@ class ZeroShotClassifier:
                            for task in self.prompt_set.tasks})
         return result
 
+    def score_signature(self, task_name: str, class_name: str) -> bytes:
+        """Equal for two (task, class) pairs whose class_score is the same function of the image features (e.g.
+        'Glioma' in a 5-way and in a 2-way task with the same prompts), so their maps are computed once."""
+        task = self.prompt_set.task(task_name)
+        index = [c.name for c in task.classes].index(class_name)
+        return task.kind.encode() + self.weights[task_name][index].detach().cpu().numpy().tobytes()
+
     def class_score(self, image_features: torch.Tensor, task_name: str, class_name: str) -> torch.Tensor:
         """[B] differentiable score to explain: the class logit (multiclass), or its log-odds positive vs
         negative (multilabel), so that the map shows evidence for the finding rather than for both prompts."""

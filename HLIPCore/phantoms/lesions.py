@@ -11,7 +11,7 @@ Shapes are soft-edged (a one-voxel ramp) so resampled images have partial-volume
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from scipy import ndimage

@@ -8,7 +8,7 @@ Random streams are split per step so a study is a pure function of its seed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -89,6 +89,14 @@ class PhantomStudy:
     @property
     def sequences(self) -> List[str]:
         return [s.sequence for s in self.images]
+
+    def to_study(self):
+        """The image series as a `HLIPCore.data.Study` without touching the disk (what `load_study` would return
+        for the written DICOM folder, localizer and junk series aside)."""
+        from ..data.study import Scan, Study
+        return Study(scans=[Scan(array=s.array.copy(), affine=s.affine.copy(), modality="MR", description=s.description,
+                                 series_uid=f"{self.study_id}/{s.series_number}", source=f"phantom:{self.study_id}")
+                            for s in self.images])
 
     def __repr__(self) -> str:
         return f"PhantomStudy({self.study_id!r}, label={self.label!r}, series={self.series!r})"

@@ -212,7 +212,9 @@ def test_dicom_and_nifti_load_into_the_generated_scans(dataset):
         st = generate_study(e["seed"], e["label"], SMALL, study_id=e["study_id"])
         loaded = load_study(out / e["study"])
         assert len(loaded.scans) == len(st.images) == len(e["series"])
-        for scan, series, meta in zip(loaded.scans, st.images, e["series"]):
+        in_memory = st.to_study().scans
+        for scan, series, meta, mem in zip(loaded.scans, st.images, e["series"], in_memory):
+            np.testing.assert_array_equal(mem.array, scan.array)
             assert scan.modality == "MR" and scan.description == series.description
             np.testing.assert_allclose(scan.affine, series.affine, atol=1e-3)
             np.testing.assert_array_equal(scan.array, series.array)

@@ -241,6 +241,7 @@ def make_metastasis(anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
     x, y, z = _world_coords(anatomy)
     junction = (anatomy.gm > 0.3) & (anatomy.gm < 0.7) & (anatomy.wm > 0.3) & anatomy.brain
     junction &= (np.abs(x) > 8) & ~((np.abs(x) < 16) & (z < -5) & (y > -45))   # hemispheres, not the brainstem
+    junction &= ~((np.abs(x) < 32) & (y > -36) & (y < 22) & (z > -8) & (z < 22))  # cortical, not the deep nuclei
     count = int(rng.integers(2, 7))
     names = ("edema", "necrosis", "enhancing")
     comps = {n: np.zeros(anatomy.shape, np.float32) for n in names}

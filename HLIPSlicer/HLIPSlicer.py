@@ -31,6 +31,7 @@ if _HERE not in sys.path:
 
 import HLIPSlicerLib  # noqa: E402
 from HLIPSlicerLib import overlays, process, results, study  # noqa: E402
+from HLIPSlicerLib.qt_seam import get as qget  # noqa: E402
 from HLIPSlicerLib.qt_seam import (Choice, ScriptedLoadableModule, ScriptedLoadableModuleLogic,  # noqa: E402
                                    ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget, VTKObservationMixin,
                                    WithinRange, parameterNodeWrapper, qt, tr, translate)
@@ -88,6 +89,550 @@ class HLIPSlicerParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
     promptSetText: str = ""
     dicomFolder: str = ""
+
+
+#
+# Widget
+#
+
+
+class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: GUI only; everything it does goes through HLIPSlicerLogic."""
+
+    STUDY_ALL, STUDY_FOLDER = -1, -2
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.prompts = None
+        self.resultNode = None
+        self._updatingPromptTree = False
+        self._timer = None
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        from HLIPSlicerLib.qt_seam import child_widgets, load_ui
+        uiWidget = load_ui(self.resourcePath("UI/HLIPSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = child_widgets(uiWidget)
+        if hasattr(uiWidget, "setMRMLScene"):
+            uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = HLIPSlicerLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+
+        ui = self.ui
+        ui.studySelector.currentIndexChanged.connect(self.onStudyChanged)
+        ui.volumeList.itemChanged.connect(lambda *a: self.updateScanList())
+        ui.browseFolderButton.clicked.connect(self.onBrowseFolder)
+        ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
+        ui.downloadModelButton.clicked.connect(self.onDownloadModel)
+        ui.localModelButton.clicked.connect(self.onLocalModel)
+        ui.deviceSelector.currentIndexChanged.connect(lambda *a: self.updateDeviceWarning())
+        ui.precisionSelector.currentIndexChanged.connect(lambda *a: self.updateDeviceWarning())
+        ui.resetPromptsButton.clicked.connect(self.onResetPrompts)
+        ui.loadPromptsButton.clicked.connect(self.onLoadPrompts)
+        ui.savePromptsButton.clicked.connect(self.onSavePrompts)
+        ui.addTaskButton.clicked.connect(self.onAddTask)
+        ui.addClassButton.clicked.connect(self.onAddClass)
+        ui.addPromptButton.clicked.connect(self.onAddText)
+        ui.removePromptItemButton.clicked.connect(self.onRemovePromptItem)
+        ui.promptTree.itemChanged.connect(self.onPromptItemChanged)
+        ui.analyzeButton.clicked.connect(self.onAnalyzeButton)
+        ui.resultsTable.itemSelectionChanged.connect(self.onResultSelectionChanged)
+        ui.opacitySpinBox.valueChanged.connect(self.onOpacityChanged)
+        ui.thresholdSpinBox.valueChanged.connect(self.onThresholdChanged)
+        ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        ui.resultsTable.setSelectionMode(qt.QAbstractItemView.SingleSelection)
+        ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        ui.promptTree.setColumnWidth(0, 160)
+        ui.progressBar.setRange(0, 100)
+
+        from HLIPSlicerLib.prompt_editor import PromptTree
+        ui.builtinPromptSelector.addItems(PromptTree.builtin_names())
+        ui.builtinPromptSelector.setCurrentIndex(max(0, ui.builtinPromptSelector.findText(self.defaultPromptSet())))
+        ui.promptTree.setMinimumHeight(220)
+        self.initializeParameterNode()
+        self.populateModels()
+        self.populateStudies()
+        self.loadPromptsFromParameterNode()
+        self.updateDeviceWarning()
+
+    def cleanup(self) -> None:
+        if self.logic is not None:
+            self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        self.initializeParameterNode()
+        self.populateStudies()
+
+    def onSceneNodesChanged(self, caller=None, event=None) -> None:
+        if not self.logic or self.logic.isRunning():
+            return
+        qt.QTimer.singleShot(0, self.populateStudies)  # after the node is fully added/removed
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    # -- study -------------------------------------------------------------------------------------------------
+    def populateStudies(self) -> None:
+        sel = self.ui.studySelector
+        previous = qget(sel, "currentData") if qget(sel, "count") else None
+        sel.blockSignals(True)
+        sel.clear()
+        sh = study.subject_hierarchy()
+        import vtk
+        ids = vtk.vtkIdList()
+        sh.GetItemChildren(sh.GetSceneItemID(), ids, True)
+        for n in range(ids.GetNumberOfIds()):
+            item = ids.GetId(n)
+            if sh.GetItemLevel(item) == "Study":
+                patient = sh.GetItemName(sh.GetItemParent(item))
+                sel.addItem(_("Study: {study} ({patient})").format(study=sh.GetItemName(item), patient=patient), item)
+        sel.addItem(_("Loaded volumes"), self.STUDY_ALL)
+        sel.addItem(_("DICOM folder or file"), self.STUDY_FOLDER)
+        index = sel.findData(previous) if previous is not None else -1
+        sel.setCurrentIndex(index if index >= 0 else 0)
+        sel.blockSignals(False)
+        self.onStudyChanged()
+
+    def onStudyChanged(self, *args) -> None:
+        choice = qget(self.ui.studySelector, "currentData")
+        folder = choice == self.STUDY_FOLDER
+        self.ui.volumeList.setVisible(not folder)
+        self.ui.dicomFolderEdit.setVisible(folder)
+        self.ui.browseFolderButton.setVisible(folder)
+        lst = self.ui.volumeList
+        lst.blockSignals(True)
+        lst.clear()
+        if choice is not None and not folder:
+            if choice == self.STUDY_ALL:
+                nodes = [slicer.mrmlScene.GetNthNodeByClass(n, "vtkMRMLScalarVolumeNode")
+                         for n in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+                nodes = [n for n in nodes if not n.GetAttribute(results.ATTR_ROLE)]
+            else:
+                nodes = self.logic.studyVolumes(int(choice))
+            for node in nodes:
+                if node.GetAttribute(results.ATTR_ROLE) == "attentionMap":
+                    continue
+                entry = qt.QListWidgetItem(node.GetName())
+                entry.setData(qt.Qt.UserRole, node.GetID())
+                entry.setFlags(entry.flags() | qt.Qt.ItemIsUserCheckable)
+                entry.setCheckState(qt.Qt.Checked)
+                lst.addItem(entry)
+        lst.blockSignals(False)
+        self.updateScanList()
+
+    def selectedVolumes(self) -> list:
+        nodes = []
+        for n in range(qget(self.ui.volumeList, "count")):
+            entry = self.ui.volumeList.item(n)
+            if entry.checkState() == qt.Qt.Checked:
+                node = slicer.mrmlScene.GetNodeByID(entry.data(qt.Qt.UserRole))
+                if node is not None:
+                    nodes.append(node)
+        return nodes
+
+    def updateScanList(self) -> None:
+        if qget(self.ui.studySelector, "currentData") == self.STUDY_FOLDER:
+            self.ui.scansLabel.setText(_("The scans of the folder are listed after the analysis."))
+            return
+        try:
+            used, skipped = self.logic.planScans(self.selectedVolumes())
+        except ImportError:  # HLIPCore's requirements not installed yet
+            self.ui.scansLabel.setText(_("The scans are listed once the requirements are installed."))
+            return
+        self.showScans([f"{u.name} ({u.modality}, {u.shape[2]}x{u.shape[1]}x{u.shape[0]})" for u in used],
+                       [(s.name, s.reason) for s in skipped])
+
+    def showScans(self, used, skipped) -> None:
+        import html
+        lines = [_("<b>{n} scan(s) used:</b>").format(n=len(used))] + [html.escape(u) for u in used]
+        if skipped:
+            lines.append(_("<b>Skipped:</b>"))
+            lines += [f"{html.escape(name)}: <i>{html.escape(reason)}</i>" for name, reason in skipped]
+        self.ui.scansLabel.setText("<br>".join(lines))
+
+    def onBrowseFolder(self) -> None:
+        from HLIPSlicerLib.qt_seam import dialogs
+        folder = dialogs.open_folder(self.parent, _("DICOM folder of the study"))
+        if folder:
+            self.ui.dicomFolderEdit.setText(folder)
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def populateModels(self) -> None:
+        from HLIPSlicerLib import models
+        sel = self.ui.modelSelector
+        sel.blockSignals(True)
+        sel.clear()
+        self._models = {}
+        try:
+            choices = models.catalog()
+        except Exception as exc:  # noqa: BLE001 - a broken user catalog must not break the panel
+            choices = []
+            self.ui.modelStatusLabel.setText(_("Model catalog error: {error}").format(error=exc))
+        for choice in choices:
+            mark = "" if choice.available else _(" (not downloaded)")
+            sel.addItem(f"{choice.id}{mark}", choice.id)
+            self._models[choice.id] = choice
+        wanted = self._parameterNode.modelId if self._parameterNode else DEFAULT_MODEL
+        if wanted and sel.findData(wanted) < 0:
+            choice = models.local_choice(wanted)
+            sel.addItem(choice.title, choice.id)
+            self._models[choice.id] = choice
+        sel.setCurrentIndex(max(0, sel.findData(wanted)))
+        sel.blockSignals(False)
+        self.onModelChanged()
+
+    def addLocalModel(self, path: str) -> None:
+        from HLIPSlicerLib import models
+        choice = models.local_choice(path)
+        self._models[choice.id] = choice
+        if self.ui.modelSelector.findData(choice.id) < 0:
+            self.ui.modelSelector.addItem(choice.title, choice.id)
+        self.ui.modelSelector.setCurrentIndex(self.ui.modelSelector.findData(choice.id))
+
+    def currentModel(self):
+        return self._models.get(qget(self.ui.modelSelector, "currentData"))
+
+    def onModelChanged(self, *args) -> None:
+        from HLIPSlicerLib import models
+        choice = self.currentModel()
+        if choice is None:
+            self.ui.modelStatusLabel.setText(_("No model: choose 'Use a local file...'."))
+            self.ui.downloadModelButton.setEnabled(False)
+            return
+        if self._parameterNode:
+            self._parameterNode.modelId = choice.id
+        self.ui.downloadModelButton.setEnabled(choice.downloadable)
+        if choice.available:
+            self.ui.modelStatusLabel.setText(_("{title}. Ready: {location}").format(title=choice.title,
+                                                                                   location=choice.location))
+        else:
+            self.ui.modelStatusLabel.setText(models.unavailable_message(choice))
+
+    def onLocalModel(self) -> None:
+        from HLIPSlicerLib.qt_seam import dialogs
+        path = dialogs.open_file(self.parent, _("HLIP checkpoint"),
+                                 _("Checkpoints (*.pt *.pth *.bin *.safetensors);;All files (*)"))
+        if path:
+            self.addLocalModel(path)
+
+    def onDownloadModel(self) -> None:
+        choice = self.currentModel()
+        if choice is None or not choice.downloadable:
+            return
+        if not self.ensureDependencies():
+            return
+        self.startRun(lambda **kw: self.logic.downloadModel(choice.id, **kw), _("Downloading {model}...").format(
+            model=choice.id))
+
+    def updateDeviceWarning(self) -> None:
+        from HLIPSlicerLib import dependencies
+        device = qget(self.ui.deviceSelector, "currentText") or "auto"
+        precision = qget(self.ui.precisionSelector, "currentText") or "fp32"
+        try:
+            text = dependencies.device_warning(device, precision) if device != "cpu" else ""
+        except Exception as exc:  # noqa: BLE001 - a broken CUDA setup is itself worth a warning
+            text = _("The GPU cannot be queried ({error}); the CPU may be used.").format(error=exc)
+        self.ui.deviceWarningLabel.setText(text)
+        self.ui.deviceWarningLabel.setVisible(bool(text))
+
+    # -- prompts -----------------------------------------------------------------------------------------------
+    def loadPromptsFromParameterNode(self) -> None:
+        from HLIPSlicerLib.prompt_editor import PromptTree
+        text = self._parameterNode.promptSetText if self._parameterNode else ""
+        try:
+            self.prompts = PromptTree.from_text(text) if text else PromptTree.load(self.defaultPromptSet())
+        except Exception:  # noqa: BLE001 - unreadable saved text: start from the built-in set
+            self.prompts = PromptTree.load(self.defaultPromptSet())
+        self.refreshPromptTree()
+
+    def defaultPromptSet(self) -> str:
+        names = [self.ui.builtinPromptSelector.itemText(n) for n in range(qget(self.ui.builtinPromptSelector, "count"))]
+        return "pub_brain_5" if "pub_brain_5" in names else (names[0] if names else "pub_brain_5")
+
+    def refreshPromptTree(self) -> None:
+        tree = self.ui.promptTree
+        self._updatingPromptTree = True
+        tree.clear()
+        root = self.prompts.tree()
+        red = qt.QBrush(qt.QColor("#c00000"))
+
+        def add(parent, node):
+            entry = qt.QTreeWidgetItem()
+            entry.setText(0, node.label)
+            entry.setText(1, node.value)
+            entry.setData(0, qt.Qt.UserRole, node.path)
+            entry.setData(1, qt.Qt.UserRole, node.kind)
+            if node.editable:
+                entry.setFlags(entry.flags() | qt.Qt.ItemIsEditable)
+            if node.issues:
+                entry.setForeground(0, red)
+                entry.setForeground(1, red)
+                entry.setToolTip(0, "\n".join(node.issues))
+                entry.setToolTip(1, "\n".join(node.issues))
+            if parent is None:
+                tree.addTopLevelItem(entry)
+            else:
+                parent.addChild(entry)
+            for child in node.children:
+                add(entry, child)
+            return entry
+
+        tree.expandItem(add(None, root))
+        tree.expandAll()
+        issues = self.prompts.issues()
+        self.ui.promptIssuesLabel.setText("\n".join(str(i) for i in issues[:5]) +
+                                          (_("\n(and {n} more)").format(n=len(issues) - 5) if len(issues) > 5 else ""))
+        if self._parameterNode:
+            self._parameterNode.promptSetText = self.prompts.to_text()
+        self._updatingPromptTree = False
+
+    def onPromptItemChanged(self, entry, column) -> None:
+        if self._updatingPromptTree or column != 1:
+            return
+        self.prompts.edit(entry.data(0, qt.Qt.UserRole), entry.data(1, qt.Qt.UserRole), entry.text(1))
+        qt.QTimer.singleShot(0, self.refreshPromptTree)  # not while the view is still committing the edit
+
+    def selectedPromptPath(self) -> tuple:
+        entry = self.ui.promptTree.currentItem()
+        if entry is None:
+            return "", "set"
+        return entry.data(0, qt.Qt.UserRole), entry.data(1, qt.Qt.UserRole)
+
+    def onAddTask(self) -> None:
+        self.prompts.add_task(_("new task"))
+        self.refreshPromptTree()
+
+    def onAddClass(self) -> None:
+        path, kind = self.selectedPromptPath()
+        task = "".join(path.split(".classes")[0]) if path.startswith("tasks[") else ""
+        if not task:
+            self.ui.promptIssuesLabel.setText(_("Select a task first."))
+            return
+        self.prompts.add_class(task, _("new class"))
+        self.refreshPromptTree()
+
+    def onAddText(self) -> None:
+        path, kind = self.selectedPromptPath()
+        if kind in ("prompts", "negative_prompts", "templates"):
+            owner, key = path.rsplit(".", 1) if "." in path else ("", path)
+        elif kind in ("prompt", "negative prompt", "template"):
+            owner, key = path.rsplit("[", 1)[0].rsplit(".", 1) if "." in path else ("", path.rsplit("[", 1)[0])
+        elif kind == "class":
+            owner, key = path, "prompts"
+        else:
+            owner, key = (path, "templates")
+        self.prompts.add_text(owner, key, _("new text") if key != "templates" else "{}")
+        self.refreshPromptTree()
+
+    def onRemovePromptItem(self) -> None:
+        path, kind = self.selectedPromptPath()
+        if path and kind not in ("templates", "prompts", "negative_prompts"):
+            self.prompts.remove(path)
+            self.refreshPromptTree()
+
+    def onResetPrompts(self) -> None:
+        from HLIPSlicerLib.prompt_editor import PromptTree
+        self.prompts = PromptTree.load(qget(self.ui.builtinPromptSelector, "currentText") or self.defaultPromptSet())
+        self.refreshPromptTree()
+
+    def onLoadPrompts(self) -> None:
+        from HLIPSlicerLib.prompt_editor import PromptTree
+        from HLIPSlicerLib.qt_seam import dialogs
+        path = dialogs.open_file(self.parent, _("Prompt set"), _("Prompt sets (*.json *.yaml *.yml)"))
+        if not path:
+            return
+        try:
+            self.prompts = PromptTree(__import__("HLIPCore.prompts", fromlist=["read_document"]).read_document(path))
+        except Exception as exc:  # noqa: BLE001
+            dialogs.error(_("Cannot read the prompt set: {error}").format(error=exc))
+            return
+        self.refreshPromptTree()  # invalid files load too; their problems are marked in the tree
+
+    def onSavePrompts(self) -> None:
+        from HLIPSlicerLib.qt_seam import dialogs
+        path = dialogs.save_file(self.parent, _("Save prompt set"), _("Prompt sets (*.json *.yaml *.yml)"))
+        if not path:
+            return
+        try:
+            self.prompts.save(path)
+        except Exception as exc:  # noqa: BLE001
+            dialogs.error(_("The prompt set was not saved: {error}").format(error=exc))
+
+    # -- run ---------------------------------------------------------------------------------------------------
+    def ensureDependencies(self) -> bool:
+        from HLIPSlicerLib import dependencies
+        from HLIPSlicerLib.qt_seam import dialogs
+        try:
+            dependencies.ensure(dependencies.slicer_installer(dialogs.confirm))
+            return True
+        except dependencies.DependencyError as exc:
+            dialogs.error(str(exc))
+            return False
+
+    def onAnalyzeButton(self) -> None:
+        from HLIPSlicerLib.qt_seam import dialogs
+        if self.logic.isRunning():
+            self.logic.cancel()
+            return
+        issues = self.prompts.issues()
+        if issues:
+            dialogs.error(_("The prompts have problems (marked in red): {issue}").format(issue=issues[0]))
+            return
+        model = self.currentModel()
+        if model is None or not model.available:
+            from HLIPSlicerLib import models
+            dialogs.error(models.unavailable_message(model) if model else _("Choose a model first."))
+            return
+        if not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        options = dict(modelId=model.id, promptSet=self.prompts.doc, device=p.device, precision=p.precision,
+                       attention=p.attention)
+        if qget(self.ui.studySelector, "currentData") == self.STUDY_FOLDER:
+            folder = qget(self.ui.dicomFolderEdit, "text").strip()
+            self.startRun(lambda **kw: self.logic.analyzeFolder(folder, **options, **kw), _("Analysing {name}...")
+                          .format(name=folder))
+        else:
+            volumes = self.selectedVolumes()
+            self.startRun(lambda **kw: self.logic.analyzeVolumes(volumes, **options, **kw), _("Analysing..."))
+
+    def startRun(self, launch, message: str) -> None:
+        from HLIPSlicerLib.qt_seam import dialogs
+        self.ui.logText.clear()
+        self.ui.progressBar.setValue(0)
+        self.appendLog(message)
+        try:
+            launch(blocking=False, progressCallback=self.onProgress, logCallback=self.appendLog,
+                   completedCallback=self.onRunCompleted)
+        except HLIPSlicerError as exc:
+            dialogs.error(str(exc))
+            return
+        self.ui.analyzeButton.setText(_("Cancel"))
+        self.ui.analyzeButton.setToolTip(_("Stop the analysis; nothing is added to the scene"))
+        if self.logic.run.handle.needs_polling:  # our own reader thread: poll it from the GUI thread
+            self._timer = qt.QTimer()
+            self._timer.timeout.connect(self.logic.poll)
+            self._timer.start(100)
+
+    def onProgress(self, fraction: float, stage: str) -> None:
+        self.ui.progressBar.setValue(int(round(100 * fraction)))
+        self.ui.progressBar.setFormat(f"%p% {stage}")
+
+    def appendLog(self, line: str) -> None:
+        kind, data = process.parse_line(line)
+        if kind == "progress":
+            line = f"[{data.fraction:4.0%}] {data.stage}"
+        elif kind == "result":
+            line = _("Results: {path}").format(path=data)
+        elif kind == "error":
+            line = _("Error: {message}").format(message=data)
+        self.ui.logText.appendPlainText(line)
+
+    def onRunCompleted(self, run) -> None:
+        from HLIPSlicerLib import models
+        from HLIPSlicerLib.qt_seam import dialogs
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self.ui.analyzeButton.setText(_("Analyze study"))
+        self.ui.analyzeButton.setToolTip("")
+        if run.state == "cancelled":
+            self.appendLog(_("Cancelled; the scene was left as it was."))
+            self.ui.progressBar.setValue(0)
+            return
+        if run.state != "done":
+            self.appendLog(run.error)
+            dialogs.error(run.error, "\n".join(run.log[-40:]))
+            return
+        if run.kind == "download":
+            self.populateModels()
+            self.appendLog(_("Downloaded to {path}").format(path=run.resultPath))
+            return
+        self.showResult(run.resultNode)
+        report = self.logic.report(run.resultNode)
+        self.showScans([f"{s['description']} ({s['modality']})" for s in report.get("scans", [])],
+                       [(s.name, s.reason) for s in run.skipped] +
+                       [(k["source"], k["reason"]) for k in report.get("skipped", [])])
+
+    def showResult(self, table) -> None:
+        self.resultNode = table
+        rows = self.logic.scores(table)
+        view = self.ui.resultsTable
+        view.blockSignals(True)
+        view.clear()
+        view.setColumnCount(3)
+        view.setHorizontalHeaderLabels([_("Task"), _("Class"), _("Probability")])
+        view.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate((row["task"], row["class"], f"{row['probability']:.3f}")):
+                cell = qt.QTableWidgetItem(text)
+                if row["top"]:
+                    font = cell.font()
+                    font.setBold(True)
+                    cell.setFont(font)
+                view.setItem(r, c, cell)
+        view.resizeColumnsToContents()
+        view.blockSignals(False)
+        self.ui.resultStatusLabel.setText(_("Select a row to show its attention map. Results are in the subject "
+                                            "hierarchy under the study."))
+        top = next((r for r, row in enumerate(rows) if row["top"] and row["map"]), None)
+        if top is not None:
+            view.selectRow(top)
+
+    def onResultSelectionChanged(self) -> None:
+        from HLIPSlicerLib.qt_seam import dialogs
+        view = self.ui.resultsTable
+        selected = view.selectionModel().selectedRows()
+        if not selected or self.resultNode is None:
+            return
+        r = selected[0].row()
+        task, cls = view.item(r, 0).text(), view.item(r, 1).text()
+        try:
+            self.logic.showAttentionMap(self.resultNode, cls, task=task, opacity=self._parameterNode.opacity,
+                                        threshold=self._parameterNode.threshold)
+            self.ui.resultStatusLabel.setText(_("Showing the attention map of {task}: {cls}.").format(task=task,
+                                                                                                    cls=cls))
+        except HLIPSlicerError as exc:
+            self.ui.resultStatusLabel.setText(str(exc))
+        except Exception as exc:  # noqa: BLE001
+            dialogs.error(_("The attention map cannot be shown: {error}").format(error=exc))
+
+    def onOpacityChanged(self, value) -> None:
+        if self.resultNode is not None:
+            self.logic.setOverlayOpacity(value)
+
+    def onThresholdChanged(self, value) -> None:
+        if self.resultNode is not None:
+            self.logic.setOverlayThreshold(self.resultNode, value)
 
 
 #

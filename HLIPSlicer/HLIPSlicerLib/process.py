@@ -116,6 +116,11 @@ class WorkerHandle:
     _manual: bool = True
 
     @property
+    def needs_polling(self) -> bool:
+        """True when output arrives only through `poll()` (not Slicer's own launcher)."""
+        return self._manual
+
+    @property
     def running(self) -> bool:
         return self.returncode is None
 

@@ -23,6 +23,12 @@ import slicer
 
 IN_SLICER = getattr(slicer, "app", None) is not None
 
+
+def get(widget, name):
+    """A Qt property read the same way in PythonQt (``w.count`` is a value) and PySide6 (``w.count()``)."""
+    value = getattr(widget, name)
+    return value() if callable(value) else value
+
 if IN_SLICER:  # pragma: no cover - real Slicer only
     import ctk  # noqa: F401
     import qt  # noqa: F401

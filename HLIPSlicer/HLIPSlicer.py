@@ -991,3 +991,119 @@ class HLIPSlicerLogic(ScriptedLoadableModuleLogic):
             node = resultNode.GetNthNodeReference(results.MAP_REF, n)
             if node is not None:
                 overlays.set_threshold(node, threshold)
+
+
+#
+# Test
+#
+
+
+class HLIPSlicerTest(ScriptedLoadableModuleTest):
+    """The module self-test (Reload and Test, or ctest py_HLIPSlicer): a two-series phantom study through the
+    real worker process, the results table, map geometry, slice-view layers, and cancel. It uses the bundled
+    'hlip-demo' model when present, else a tiny random-weight model made on the fly (scores then mean nothing;
+    the plumbing is what is tested). Runs unchanged in pytest on the headless scene (test_slicer_selftest.py)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(False)
+
+    def runTest(self):
+        self.setUp()
+        self.test_HLIPSlicer_analyze()
+        self.setUp()
+        self.test_HLIPSlicer_cancel()
+
+    # -- data ----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def makeStudy():
+        import numpy as np
+        sh = study.subject_hierarchy()
+        studyItem = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "HLIP test patient"), "HLIP test")
+        rng = np.random.default_rng(0)
+        nodes = []
+        for n, (shape, spacing) in enumerate((((24, 48, 48), (2.0, 2.0, 4.0)), ((20, 40, 40), (2.5, 2.5, 5.0)))):
+            array = (100 + rng.normal(0, 5, shape)).astype(np.float32)
+            k, j, i = (s // 2 for s in shape)
+            array[k - 2:k + 3, j - 5:j + 6, i - 5:i + 6] = 1000.0  # the "lesion"
+            ijkToRAS = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+            ijkToRAS[:3, 3] = [40.0 + 10 * n, 40.0, -40.0]
+            node = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name=f"HLIP test series {n + 1}")
+            sh.SetItemParent(study.sh_item(node), studyItem)
+            nodes.append(node)
+        return studyItem, nodes
+
+    def modelForTest(self):
+        from HLIPSlicerLib import models
+        demo = models.find(DEFAULT_MODEL)
+        if demo is not None and demo.available:
+            return DEFAULT_MODEL
+        folder = Path(tempfile.mkdtemp(prefix="hlip-selftest-model-"))
+        return str(self.makeTinyModel(folder))
+
+    @staticmethod
+    def makeTinyModel(folder: Path) -> Path:
+        """A random-weight tiny_multiscan_h3 model with a small WordPiece tokenizer, as `hlip convert` writes it."""
+        import torch
+        from transformers import BertTokenizerFast
+        from HLIPCore.model import create_model
+        from HLIPCore.model.checkpoint import convert_checkpoint
+        words = ("no significant abnormalities acute stroke glioma meningioma metastasis this mri study shows "
+                 "mass lesion normal brain not").split()
+        chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,:;-()'/"))
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + chars + [f"##{c}" for c in chars]
+        tok = folder / "tokenizer"
+        tok.mkdir(parents=True, exist_ok=True)
+        (tok / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        BertTokenizerFast(vocab_file=str(tok / "vocab.txt"), do_lower_case=True).save_pretrained(str(tok))
+        torch.manual_seed(0)
+        torch.save(create_model("tiny_multiscan_h3").state_dict(), folder / "tiny.pt")
+        return convert_checkpoint(folder / "tiny.pt", "tiny_multiscan_h3", folder / "tiny", tokenizer=tok)
+
+    # -- tests ---------------------------------------------------------------------------------------------------
+    def test_HLIPSlicer_analyze(self):
+        import numpy as np
+        self.delayDisplay("HLIP: analysing a two-series phantom study")
+        studyItem, nodes = self.makeStudy()
+        logic = HLIPSlicerLogic()
+        self.assertEqual(logic.studyVolumes(studyItem), nodes)
+        stages = []
+        table = logic.analyzeVolumes(nodes, self.modelForTest(), "pub_brain_5", device="cpu",
+                                     progressCallback=lambda f, s: stages.append(s))
+        self.assertEqual(stages[-1], "done")
+        report = logic.report(table)
+        rows = logic.scores(table)
+        self.assertEqual(len(rows), sum(len(c) for c in report["scores"].values()))
+        for task, classes in report["scores"].items():
+            self.assertAlmostEqual(sum(classes.values()), 1.0, places=4)
+        glioma = [r for r in rows if r["class"] == "Glioma"][0]
+        maps = logic.showAttentionMap(table, "Glioma", task=glioma["task"], opacity=0.4, threshold=0.25)
+        self.assertEqual(len(maps), len(nodes))
+        for source, overlay in zip(nodes, maps):
+            np.testing.assert_array_equal(overlays.ijk_to_ras(overlay), overlays.ijk_to_ras(source))
+        for n in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+            composite = slicer.mrmlScene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+            self.assertEqual(composite.GetForegroundVolumeID(), maps[0].GetID())
+            self.assertAlmostEqual(composite.GetForegroundOpacity(), 0.4)
+        sh = study.subject_hierarchy()
+        self.assertEqual(sh.GetItemParent(sh.GetItemParent(sh.GetItemByDataNode(table))), studyItem)
+        self.delayDisplay("HLIP: analysis test passed")
+
+    def test_HLIPSlicer_cancel(self):
+        self.delayDisplay("HLIP: cancelling a run")
+        _item, nodes = self.makeStudy()
+        logic = HLIPSlicerLogic()
+        logic.workerEnvironment = {"HLIP_WORKER_PAUSE_S": "1.0"}
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        run = logic.analyzeVolumes(nodes, self.modelForTest(), "pub_brain_5", device="cpu", blocking=False)
+        app = getattr(slicer, "app", None)
+        deadline = time.monotonic() + 120
+        while not run.stage and time.monotonic() < deadline:
+            logic.poll()
+            if app is not None:
+                app.processEvents()
+            time.sleep(0.05)
+        logic.cancel()
+        run.wait(timeout=60, process_events=app.processEvents if app is not None else None)
+        self.assertEqual(run.state, "cancelled")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("HLIP: cancel test passed")

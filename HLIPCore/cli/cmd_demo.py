@@ -4,7 +4,7 @@ The study is a phantom (HLIPCore.phantoms) with a seed never used in the demo mo
 series like a scanner export; the analysis is exactly what `hlip analyze` does. Because the phantom's truth is
 known, the demo also says whether the top class is right and whether the attention map's peak lies in the lesion.
 """
-DEMO_SEED = 90_000_017  # training uses seeds < 1e6 (see Resources/models/hlip-demo/MODEL_CARD.md)
+DEMO_SEED = 90_000_017  # not among the training studies (their seeds are hashes of (dataset seed, index))
 
 
 def add_parser(sub):

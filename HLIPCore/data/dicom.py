@@ -229,6 +229,7 @@ def read_headers(paths: Sequence[str], workers: int = 1):
 
     slices, skipped, not_dicom = [], [], []
     no_image: "OrderedDict[str, list]" = OrderedDict()
+    bad_files: "OrderedDict[tuple, list]" = OrderedDict()  # (series label, reason) -> files, reported once
     for path, ds, error in results:
         if ds is None:
             (not_dicom if error == "not a DICOM file" else skipped).append(
@@ -241,7 +242,7 @@ def read_headers(paths: Sequence[str], workers: int = 1):
         has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
         if not has_pixels and modality not in NON_IMAGE_MODALITIES and _is_image_class(sop_class, ds):
             # pydicom stops quietly at a premature end of file: an image object without pixels was cut short
-            skipped.append(SkippedSeries(f"{path} ({_series_label(ds)})", "truncated file: image without pixel data"))
+            bad_files.setdefault((_series_label(ds), "truncated file: image without pixel data"), []).append(path)
             continue
         if modality in NON_IMAGE_MODALITIES or "PixelData" not in ds and "FloatPixelData" not in ds \
                 and "DoubleFloatPixelData" not in ds:
@@ -252,7 +253,10 @@ def read_headers(paths: Sequence[str], workers: int = 1):
         try:
             slices.extend(_slices_of(path, ds))
         except SeriesProblem as exc:
-            skipped.append(SkippedSeries(f"{path} ({_series_label(ds)})", str(exc)))
+            bad_files.setdefault((_series_label(ds), str(exc)), []).append(path)
+    for (label, reason), files in bad_files.items():  # one line per series and problem, not one per file
+        where = files[0] if len(files) == 1 else f"{os.path.dirname(files[0])} ({len(files)} files)"
+        skipped.append(SkippedSeries(f"{where} ({label})", reason))
     for key, files in no_image.items():
         where = files[0] if len(files) == 1 else f"{os.path.dirname(files[0])} ({len(files)} files)"
         skipped.append(SkippedSeries(f"{where} {key}", "not an image series (no pixel data, or a SR/SEG/RT/PR object)"))

@@ -4,7 +4,7 @@ loaded across studies; `analyze_batch` runs many studies, continues past broken 
 """
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -107,7 +107,13 @@ class Analyzer:
 
         progress("reading study", 0.0)
         study = load_study(source, self.options.load)
-        study = select_scans(study, self.options.selection)
+        selection = self.options.selection
+        max_scans = int(self.resolved.config["vision_cfg"].get("max_num_scans", 40))
+        if max_scans < selection.max_scans:
+            selection = replace(selection, max_scans=max_scans)
+            if max_scans == 1:  # a single-scan model (chest CT) gets the scan with the most slices
+                study.scans.sort(key=lambda scan: -scan.shape[0])
+        study = select_scans(study, selection)
         if not study.scans:
             raise HLIPError(f"{name or source}: no scan left after scan selection")
         lap("load")

@@ -878,9 +878,12 @@ class HLIPSlicerLogic(ScriptedLoadableModuleLogic):
         a subject hierarchy folder under the inputs' study."""
         out = Path(outputFolder)
         report = json.loads((out / "report.json").read_text())
-        if len(report.get("scans", [])) != len(volumeNodes):
-            raise HLIPSlicerError(_("The report lists {n} scans but {m} volumes were given.").format(
-                n=len(report.get("scans", [])), m=len(volumeNodes)))
+        # the report's scans are the ones the model used (a single-scan model keeps one): each must be an input
+        descriptions = [s.get("description", "") for s in report.get("scans", [])]
+        known = {study.scan_file_name(n) for n in range(len(volumeNodes))}
+        if not all(d in known for d in descriptions) and len(descriptions) != len(volumeNodes):
+            raise HLIPSlicerError(_("The report lists {n} scans that do not match the {m} volumes given.").format(
+                n=len(descriptions), m=len(volumeNodes)))
         label = name or report.get("study") or "study"
         table = results.build_table(report, out, volumeNodes, name=f"HLIP scores - {label}")
         results.result_folder_item(table, study.study_item(volumeNodes),

@@ -1,0 +1,233 @@
+"""Training data: a JSONL manifest of studies and reports, a cache of preprocessed studies, sampling and batching.
+
+Manifest: one JSON object per line with `study` (a DICOM folder, NIfTI/NRRD file, or a list of files; `nifti`
+is used when `study` is absent), `report` (text), and optionally `label` (one value, e.g. "glioma") and/or
+`labels` ({task: class} or {task: [classes]} for multilabel tasks). Paths are relative to the manifest file.
+
+Batching (a choice): the trunk needs one scan count per forward pass, and studies differ in scan count. Every
+study of a global batch contributes k = min(max_scans_train, fewest scans in that global batch) distinct
+scans, drawn at random. The reference repeats scans up to a fixed count instead; on a CPU that spends compute on
+duplicates, and k depends only on the global batch, so 1 process x 4 studies and 2 processes x 2 see the same data.
+
+Augmentations keep the study structure: a random subset and order of the study's scans (the reference's
+augmentation), and per scan a random intensity scale and shift in normalised units. No flips: reports name the
+side of a finding, so a left-right flip would contradict the text.
+
+Randomness is stateless: sampling for (seed, epoch, study) comes from its own generator, so the data of any step
+is known without replaying earlier steps (exact resume) and does not depend on the process count or workers.
+"""
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+
+from ..errors import InputError
+
+log = logging.getLogger("HLIPCore.training")
+CACHE_FORMAT = 1
+
+
+@dataclass
+class ManifestEntry:
+    study: List[Path]                 # one folder/file, or several files forming the study
+    report: str = ""
+    label: Optional[str] = None
+    labels: Dict[str, Union[str, List[str]]] = field(default_factory=dict)
+    line: int = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.study[0]) if len(self.study) == 1 else f"{self.study[0]} (+{len(self.study) - 1})"
+
+
+def read_manifest(path: Union[str, Path], need_report: bool = True) -> List[ManifestEntry]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found")
+    entries = []
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object")
+        source = row.get("study", row.get("nifti"))
+        if not source:
+            raise InputError(f"{path}:{number}: no 'study' (or 'nifti') path")
+        files = [source] if isinstance(source, str) else list(source)
+        study = [(path.parent / f).resolve() for f in files]
+        report = row.get("report", "")
+        if need_report and (not isinstance(report, str) or not report.strip()):
+            raise InputError(f"{path}:{number}: no 'report' text")
+        labels = row.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise InputError(f"{path}:{number}: 'labels' must map task -> class")
+        label = row.get("label")
+        entries.append(ManifestEntry(study, str(report), None if label is None else str(label), labels, number))
+    if not entries:
+        raise InputError(f"{path}: manifest lists no studies")
+    return entries
+
+
+# -- preprocessed-study cache --------------------------------------------------------------------------------------
+
+def _source_signature(paths: Sequence[Path]) -> str:
+    """Changes when any file of the study changes (path, size, mtime of every file below a folder)."""
+    parts = []
+    for p in paths:
+        files = [p] if p.is_file() else sorted(Path(r) / n for r, _, names in os.walk(p) for n in names)
+        for f in files:
+            st = f.stat()
+            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+class StudyCache:
+    """Preprocessed studies as float16 tensors [N, 1, D, H, W] in `<folder>/<key>.pt`.
+
+    Reading DICOM and resampling every epoch would dominate training on a small CPU. The key covers the study's
+    files (paths, sizes, mtimes), the preprocessing config and the scan limit, so a change to any of them
+    re-prepares the study. float16 halves disk and memory; its ~1e-3 relative error is far below the intensity
+    augmentation. Writes are atomic, so processes preparing the same study concurrently are harmless.
+    """
+
+    def __init__(self, folder: Union[str, Path], preprocess, max_scans: int = 40, selection=None):
+        self.folder = Path(folder)
+        self.preprocess = preprocess
+        self.max_scans = max_scans
+        self.selection = selection
+        self._counts: Dict[str, int] = {}
+
+    def key(self, entry: ManifestEntry) -> str:
+        blob = "\n".join([f"format {CACHE_FORMAT}", _source_signature(entry.study), repr(self.preprocess),
+                          f"max_scans {self.max_scans}", repr(self.selection)])
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def path(self, entry: ManifestEntry) -> Path:
+        return self.folder / f"{self.key(entry)}.pt"
+
+    def prepare(self, entry: ManifestEntry) -> torch.Tensor:
+        from ..data import ScanSelection, load_study, preprocess_study, select_scans
+        from ..model.checkpoint import save_torch_atomic
+        target = self.path(entry)
+        if target.is_file():
+            try:
+                return torch.load(target, map_location="cpu", weights_only=True)
+            except Exception as exc:  # a damaged cache file is re-made, never fatal
+                log.warning("re-preparing %s: unreadable cache file (%s)", entry.name, type(exc).__name__)
+        source = [str(p) for p in entry.study]
+        study = load_study(source[0] if len(source) == 1 else source)
+        selection = self.selection or ScanSelection(max_scans=self.max_scans)
+        study = select_scans(study, selection)
+        if not study.scans:
+            raise InputError(f"{entry.name}: no usable scans")
+        tensor = preprocess_study(study, self.preprocess).tensor.to(torch.float16)
+        save_torch_atomic(tensor, target)
+        return tensor
+
+    def load(self, entry: ManifestEntry) -> torch.Tensor:
+        return self.prepare(entry).float()
+
+    def num_scans(self, entry: ManifestEntry) -> int:
+        key = self.key(entry)
+        if key not in self._counts:
+            self._counts[key] = int(self.prepare(entry).shape[0])
+        return self._counts[key]
+
+
+# -- sampling ------------------------------------------------------------------------------------------------------
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + index)
+
+
+def augment_study(scans: torch.Tensor, k: int, gen: torch.Generator, scale: float = 0.0, shift: float = 0.0,
+                  shuffle: bool = True) -> torch.Tensor:
+    """k distinct scans of a [N, 1, D, H, W] study in random order, each with a random intensity scale/shift."""
+    n = scans.shape[0]
+    order = torch.randperm(n, generator=gen)[:k] if shuffle else torch.arange(min(k, n))
+    out = scans[order]
+    if scale or shift:
+        s = 1.0 + (torch.rand(k, generator=gen) * 2 - 1) * scale
+        t = (torch.rand(k, generator=gen) * 2 - 1) * shift
+        out = out * s.view(-1, 1, 1, 1, 1) + t.view(-1, 1, 1, 1, 1)
+    return out
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Items are addressed by (study index, scans to take, epoch) so that a sampler can fix k per global batch."""
+
+    def __init__(self, entries: List[ManifestEntry], cache: StudyCache, seed: int = 0, augment: bool = True,
+                 intensity_scale: float = 0.1, intensity_shift: float = 0.1):
+        self.entries, self.cache, self.seed = entries, cache, seed
+        self.augment, self.scale, self.shift = augment, intensity_scale, intensity_shift
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def num_scans(self, index: int) -> int:
+        return self.cache.num_scans(self.entries[index])
+
+    def __getitem__(self, item):
+        index, k, epoch = item
+        gen = sample_generator(self.seed, epoch, index)
+        scans = self.cache.load(self.entries[index])
+        if self.augment:
+            scans = augment_study(scans, k, gen, self.scale, self.shift)
+        else:
+            scans = augment_study(scans, k, gen, shuffle=False)
+        return scans, self.entries[index].report
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Micro-batches of this process for optimiser steps `start_step` .. `total_steps - 1`.
+
+    Epoch e visits the studies in a permutation seeded by (seed, e); global batch b of the epoch is the slice
+    perm[b*G : (b+1)*G] with G = world * accum * batch (incomplete last batches are dropped). Process r takes the
+    contiguous part [r*accum*batch : (r+1)*accum*batch], split into `accum` micro-batches: the loss gathers
+    features in rank order, so the global batch is seen in the same order as by one process with G studies.
+    """
+
+    def __init__(self, dataset: TrainDataset, batch_size: int, accum: int, total_steps: int, start_step: int = 0,
+                 rank: int = 0, world: int = 1, seed: int = 0, max_scans: int = 10):
+        self.dataset, self.batch_size, self.accum = dataset, batch_size, accum
+        self.total_steps, self.start_step = total_steps, start_step
+        self.rank, self.world, self.seed, self.max_scans = rank, world, seed, max_scans
+        self.global_batch = world * accum * batch_size
+        self.steps_per_epoch = len(dataset) // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise InputError(f"the training manifest has {len(dataset)} studies, fewer than one global batch "
+                             f"({world} process(es) x {accum} x {batch_size})")
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.accum
+
+    def epoch_order(self, epoch: int) -> List[int]:
+        return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+
+    def global_batch_at(self, step: int) -> List[int]:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        return self.epoch_order(epoch)[b * self.global_batch:(b + 1) * self.global_batch]
+
+    def __iter__(self) -> Iterator[list]:
+        for step in range(self.start_step, self.total_steps):
+            epoch = step // self.steps_per_epoch
+            batch = self.global_batch_at(step)
+            k = min([self.max_scans] + [self.dataset.num_scans(i) for i in batch])
+            per_rank = self.accum * self.batch_size
+            mine = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+            for j in range(self.accum):
+                yield [(i, k, epoch) for i in mine[j * self.batch_size:(j + 1) * self.batch_size]]
+
+
+def collate(items) -> tuple:
+    """[(study [k, 1, D, H, W], report)] -> (images [B, k, 1, D, H, W], list of reports)."""
+    return torch.stack([scans for scans, _ in items]), [report for _, report in items]

@@ -1,0 +1,48 @@
+"""`hlip eval --model ID|PATH --manifest FILE --prompts NAME`: zero-shot metrics per task on a labelled manifest."""
+
+
+def add_parser(sub):
+    p = sub.add_parser("eval", help="zero-shot evaluation (macro AUC, balanced accuracy, F1) on a labelled manifest")
+    p.add_argument("--model", required=True, help="catalog id, checkpoint file or model folder")
+    p.add_argument("--config", help="model config for a bare checkpoint")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub name")
+    p.add_argument("--manifest", required=True, help="JSONL manifest with 'study' and 'label'/'labels'")
+    p.add_argument("--prompts", required=True, help="prompt set name or file")
+    p.add_argument("--labels", help="YAML/JSON {task: {manifest label: class}} when labels are not class names")
+    p.add_argument("--out", help="folder for eval.json and eval_predictions.csv")
+    p.add_argument("--cache-dir", help="preprocessed-study cache (default: a temporary folder)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-scans", type=int, default=40)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from ..data import PreprocessConfig
+    from ..model.precision import resolve_device
+    from ..model.resolve import load_model
+    from ..prompts import load_prompt_set
+    from ..training.config import read_document
+    from ..training.dataset import StudyCache, read_manifest
+    from ..training.evaluate import evaluate, format_table
+
+    device = resolve_device(args.device)
+    model, tokenizer, resolved = load_model(args.model, config=args.config, tokenizer=args.tokenizer, device=device)
+    prompt_set = load_prompt_set(args.prompts)
+    entries = read_manifest(args.manifest, need_report=False)
+    labels = read_document(Path(args.labels)) if args.labels else None
+    with tempfile.TemporaryDirectory(prefix="hlip-eval-") as tmp:
+        cache = StudyCache(args.cache_dir or tmp, PreprocessConfig(**resolved.preprocess), max_scans=args.max_scans)
+        result = evaluate(model, tokenizer, entries, prompt_set, cache, labels, device, args.dtype,
+                          progress=not args.no_progress, out_dir=Path(args.out) if args.out else None)
+    print(f"{resolved.model_id} on {args.manifest} ({result['studies']} studies, prompts {prompt_set.name})")
+    print(format_table(result))
+    if result["failed"]:
+        print(f"{len(result['failed'])} study(ies) could not be read: {', '.join(result['failed'][:5])}")
+    if args.out:
+        print(f"wrote {Path(args.out) / 'eval.json'} and eval_predictions.csv")
+    return 0

@@ -1,0 +1,230 @@
+"""Training end to end on a tiny model: loss goes down, exact resume, SIGKILL + resume, 2 processes == 1 process,
+accumulation == one large batch, final/ loads with create_model, and `hlip eval` on it."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from HLIPCore.training.config import TrainConfig, load_config
+from HLIPCore.training.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+LABELS = ("normal", "glioma", "stroke", "meningioma")
+REPORTS = {"normal": "No significant abnormalities. Normal brain.",
+           "glioma": "Large glioma in the left frontal lobe with edema.",
+           "stroke": "Acute stroke in the right frontal lobe.",
+           "meningioma": "Small meningioma with enhancement."}
+PREPROCESS = {"mode": "mri", "img_size": [16, 64, 64], "resize_hw": 64}
+
+
+def _volume(rng, label, shape=(12, 40, 40)):
+    """A smooth head-like blob; each label puts a bright or dark spot in its own place, so image and text relate."""
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    vol = 100.0 * (x ** 2 + y ** 2 + z ** 2 < 0.8) + rng.normal(0, 5, shape)
+    spot = {"normal": None, "glioma": (0.0, -0.4, -0.4), "stroke": (0.0, 0.4, 0.4), "meningioma": (0.3, 0.0, 0.5)}
+    if spot[label] is not None:
+        cz, cy, cx = spot[label]
+        vol += 150.0 * ((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < 0.08)
+    return vol.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """4 studies (2-3 NIfTI scans each) with reports and labels, a JSONL manifest, a shared study cache."""
+    root = tmp_path_factory.mktemp("train_data")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, label in enumerate(LABELS):
+        folder = root / "studies" / f"s{i}"
+        folder.mkdir(parents=True)
+        for j in range(2 + i % 2):
+            affine = np.diag([1.5, 1.5, 4.0, 1.0])
+            nib.save(nib.Nifti1Image(_volume(rng, label).transpose(2, 1, 0), affine), folder / f"scan{j}.nii.gz")
+        lines.append({"study": f"studies/s{i}", "report": REPORTS[label], "label": label})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+def _config(data, out, **changes) -> TrainConfig:
+    base = dict(model="tiny_multiscan_h3", tokenizer="build", train_manifest=str(data / "manifest.jsonl"),
+                cache_dir=str(data / "cache"), output_dir=str(out), preprocess=PREPROCESS, steps=6, batch_size=2,
+                lr=1e-3, warmup=1, max_scans_train=3, save_every_steps=100, seed=3)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+# Text dropout masks depend on the batch shape, so runs that split a batch differently only agree without it.
+NO_TEXT_DROPOUT = {"text_cfg": {"hf_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}}
+# A BERT from scratch with the default init (0.02) gives every report the same [CLS] feature; training then
+# needs many steps to leave the uniform-loss plateau. A larger init makes a few steps enough.
+# Adam divides by sqrt(v): float-rounding differences in near-zero gradients become weight differences of ~1% of
+# a step. At this rate a step moves weights by ~1e-4, 10x the 1e-5 tolerance, and rounding stays below it.
+EQUIVALENCE_LR = 1e-4
+LEARNABLE_TEXT = {"text_cfg": {"hf_config": {"initializer_range": 0.5, "hidden_dropout_prob": 0.0,
+                                             "attention_probs_dropout_prob": 0.0}}}
+
+
+def _run(cfg, **kw):
+    trainer = Trainer(cfg, progress=False, **kw)
+    rows = trainer.train()
+    return trainer, [r["loss"] for r in rows]
+
+
+def _logged_losses(out: Path) -> dict:
+    with open(out / "log.csv", newline="") as fh:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(fh)}
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from HLIPCore.errors import ConfigError
+    (tmp_path / "c.yaml").write_text("train_manifst: m.jsonl\n")
+    with pytest.raises(ConfigError, match="unknown key 'train_manifst'.*did you mean 'train_manifest'"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="'batch_size'"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="'preprocess.img_sise'"):
+        TrainConfig(preprocess={"img_sise": [1, 2, 3]})
+    (tmp_path / "c.yaml").write_text("train_manifest: data/m.jsonl\nsteps: 5\nbetas: [0.9, 0.95]\n")
+    cfg = load_config(tmp_path / "c.yaml", {"lr": 0.01})
+    assert cfg.train_manifest == str((tmp_path / "data/m.jsonl").resolve()) and cfg.lr == 0.01
+    assert cfg.betas == (0.9, 0.95)
+
+
+def test_parameter_groups_follow_the_reference(tiny_model):
+    from HLIPCore.training.optim import cosine_lr, param_groups
+    groups = param_groups(tiny_model, 0.2)
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    no_decay = {names[id(p)] for p in groups[0]["params"]}
+    decay = {names[id(p)] for p in groups[1]["params"]}
+    assert {"logit_scale", "visual.trunk.cls_token"} <= no_decay
+    assert "visual.trunk.spatial_posemb" not in decay | no_decay  # frozen: in no group
+    assert all(p.ndim >= 2 and "bias" not in n for n, p in tiny_model.named_parameters() if n in decay)
+    assert "visual.head.proj.weight" in decay and "text.proj.weight" in decay
+    assert cosine_lr(0, 1.0, 4, 10) == 0.25 and cosine_lr(4, 1.0, 4, 10) == 1.0
+    assert abs(cosine_lr(10, 1.0, 4, 10)) < 1e-12
+
+
+def test_loss_decreases_and_final_model_loads(data, tmp_path):
+    from HLIPCore.model import create_model, create_tokenizer
+    cfg = _config(data, tmp_path / "run", steps=16, batch_size=4, augment=False, precision="bf16", warmup=5,
+                  grad_checkpointing=True, patch_dropout=0.25, model_overrides=LEARNABLE_TEXT)
+    trainer, losses = _run(cfg)
+    assert len(losses) == 16 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    final = tmp_path / "run" / "final"
+    model = create_model(final)
+    for (name, a), b in zip(trainer.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    ids = create_tokenizer(final)(["acute stroke"])
+    assert ids[0, 0].item() == 2 and model.encode_text(ids).shape == (1, 32)
+    meta = json.loads((final / "config.json").read_text())
+    assert meta["model_cfg"]["preprocess"]["img_size"] == [16, 64, 64]
+
+
+def test_resume_is_bit_exact(data, tmp_path):
+    changes = dict(batch_size=1, accum_steps=2, patch_dropout=0.25, steps=6)  # augmentation + dropouts on
+    whole, whole_losses = _run(_config(data, tmp_path / "whole", **changes))
+    first = Trainer(_config(data, tmp_path / "split", **changes), progress=False)
+    part = [r["loss"] for r in first.train(stop_after=3)]
+    assert (tmp_path / "split/checkpoints/step_000003.pt").is_file()
+    del first
+    second = Trainer(_config(data, tmp_path / "split", **changes), progress=False)  # fresh objects, latest.pt
+    assert second.step == 3
+    rest = [r["loss"] for r in second.train()]
+    assert part + rest == whole_losses
+    for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(whole.optimizer.state_dict()["state"].values(), second.optimizer.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(_logged_losses(tmp_path / "split")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_accumulation_equals_one_large_batch(data, tmp_path, monkeypatch):
+    import HLIPCore.model.vision as vision
+    original = vision.resample_sequential  # random scan positions differ per forward pass: take them fixed
+    monkeypatch.setattr(vision, "resample_sequential", lambda p, n, training: original(p, n, False))
+    changes = dict(model_overrides=NO_TEXT_DROPOUT, steps=2, lr=EQUIVALENCE_LR)
+    big, big_losses = _run(_config(data, tmp_path / "big", batch_size=4, **changes))
+    acc, acc_losses = _run(_config(data, tmp_path / "acc", batch_size=2, accum_steps=2, **changes))
+    np.testing.assert_allclose(acc_losses, big_losses, rtol=0, atol=1e-5)
+    for (name, a), b in zip(big.model.state_dict().items(), acc.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def _write_yaml(path: Path, cfg: TrainConfig) -> Path:
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return path
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(data, tmp_path):
+    changes = dict(model_overrides=NO_TEXT_DROPOUT, steps=2, seed_per_rank=False, lr=EQUIVALENCE_LR)
+    one, one_losses = _run(_config(data, tmp_path / "one", batch_size=4, **changes))
+    cfg_file = _write_yaml(tmp_path / "two.yaml", _config(data, tmp_path / "two", batch_size=2, **changes))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "HLIPCore.cli.main", "train", "--config", str(cfg_file), "--no-progress"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two_losses = _logged_losses(tmp_path / "two")
+    np.testing.assert_allclose([two_losses[1], two_losses[2]], one_losses, rtol=0, atol=1e-5)
+    from HLIPCore.model.checkpoint import load_state_dict
+    two_state = load_state_dict(tmp_path / "two" / "final" / "model.safetensors")
+    for name, a in one.model.state_dict().items():
+        torch.testing.assert_close(two_state[name], a, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues(data, tmp_path):
+    out = tmp_path / "killed"
+    cfg_file = _write_yaml(tmp_path / "k.yaml", _config(data, out, steps=40, save_every_steps=2))
+    cmd = [sys.executable, "-m", "HLIPCore.cli.main", "train", "--config", str(cfg_file), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "checkpoints/step_000004.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = torch.load(out / "checkpoints/latest.pt", weights_only=True)["step"]
+    assert 4 <= saved < 40
+    again = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(_logged_losses(out)) == list(range(1, 41))  # each step exactly once
+    assert torch.load(out / "checkpoints/latest.pt", weights_only=True)["step"] == 40
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_periodic_eval_and_hlip_eval_cli(data, tmp_path):
+    cfg = _config(data, tmp_path / "ev", steps=2, batch_size=4, eval_manifest=str(data / "manifest.jsonl"),
+                  prompts="pub_brain_5", eval_every_steps=1)
+    trainer, _ = _run(cfg)
+    log_rows = list(csv.DictReader(open(tmp_path / "ev" / "log.csv")))
+    assert all(r["eval_auc"] for r in log_rows)
+    step_eval = json.loads((tmp_path / "ev" / "eval" / "step_000002.json").read_text())
+    assert set(step_eval["tasks"]) == {"disease", "tumor", "stroke_detection", "glioma_detection",
+                                       "meningioma_detection"}  # no metastasis study: that task has only normals
+    assert step_eval["tasks"]["disease"]["n"] == 4 and step_eval["tasks"]["tumor"]["n"] == 2
+    cmd = [sys.executable, "-m", "HLIPCore.cli.main", "eval", "--model", str(tmp_path / "ev" / "final"),
+           "--manifest", str(data / "manifest.jsonl"), "--prompts", "pub_brain_5", "--out", str(tmp_path / "cli"),
+           "--no-progress"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "disease" in proc.stdout and "bal.acc" in proc.stdout
+    cli = json.loads((tmp_path / "cli" / "eval.json").read_text())
+    for task, metrics in step_eval["tasks"].items():  # same model, same studies: same numbers
+        assert cli["tasks"][task]["auc"] == pytest.approx(metrics["auc"], abs=1e-6) or np.isnan(metrics["auc"])

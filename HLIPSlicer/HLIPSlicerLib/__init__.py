@@ -8,6 +8,7 @@
 - `results`: the scores table node and the subject hierarchy folder under the study.
 - `overlays`: attention-map volume nodes with the input's IJKToRAS, colour map, threshold, slice view layers.
 - `prompt_editor`: a Qt-free tree model of a prompt set with validation messages mapped onto tree items.
+- `logic`: HLIPSlicerLogic's implementation (the scripting API): run the worker, load its results as MRML nodes.
 """
 import os
 import sys

@@ -104,9 +104,8 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.prompts = None
+        self.promptPanel = None
         self.resultNode = None
-        self._updatingPromptTree = False
         self._timer = None
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -134,14 +133,6 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.localModelButton.clicked.connect(self.onLocalModel)
         ui.deviceSelector.currentIndexChanged.connect(lambda *a: self.updateDeviceWarning())
         ui.precisionSelector.currentIndexChanged.connect(lambda *a: self.updateDeviceWarning())
-        ui.resetPromptsButton.clicked.connect(self.onResetPrompts)
-        ui.loadPromptsButton.clicked.connect(self.onLoadPrompts)
-        ui.savePromptsButton.clicked.connect(self.onSavePrompts)
-        ui.addTaskButton.clicked.connect(self.onAddTask)
-        ui.addClassButton.clicked.connect(self.onAddClass)
-        ui.addPromptButton.clicked.connect(self.onAddText)
-        ui.removePromptItemButton.clicked.connect(self.onRemovePromptItem)
-        ui.promptTree.itemChanged.connect(self.onPromptItemChanged)
         ui.analyzeButton.clicked.connect(self.onAnalyzeButton)
         ui.resultsTable.itemSelectionChanged.connect(self.onResultSelectionChanged)
         ui.opacitySpinBox.valueChanged.connect(self.onOpacityChanged)
@@ -149,17 +140,14 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         ui.resultsTable.setSelectionMode(qt.QAbstractItemView.SingleSelection)
         ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
-        ui.promptTree.setColumnWidth(0, 160)
         ui.progressBar.setRange(0, 100)
 
-        from HLIPSlicerLib.prompt_editor import PromptTree
-        ui.builtinPromptSelector.addItems(PromptTree.builtin_names())
-        ui.builtinPromptSelector.setCurrentIndex(max(0, ui.builtinPromptSelector.findText(self.defaultPromptSet())))
-        ui.promptTree.setMinimumHeight(220)
+        from HLIPSlicerLib.prompt_panel import PromptPanel
+        self.promptPanel = PromptPanel(ui, lambda: self._parameterNode, self.parent)
         self.initializeParameterNode()
         self.populateModels()
         self.populateStudies()
-        self.loadPromptsFromParameterNode()
+        self.promptPanel.loadFromParameterNode()
         self.updateDeviceWarning()
 
     def cleanup(self) -> None:
@@ -361,128 +349,11 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceWarningLabel.setText(text)
         self.ui.deviceWarningLabel.setVisible(bool(text))
 
-    # -- prompts -----------------------------------------------------------------------------------------------
-    def loadPromptsFromParameterNode(self) -> None:
-        from HLIPSlicerLib.prompt_editor import PromptTree
-        text = self._parameterNode.promptSetText if self._parameterNode else ""
-        try:
-            self.prompts = PromptTree.from_text(text) if text else PromptTree.load(self.defaultPromptSet())
-        except Exception:  # noqa: BLE001 - unreadable saved text: start from the built-in set
-            self.prompts = PromptTree.load(self.defaultPromptSet())
-        self.refreshPromptTree()
-
-    def defaultPromptSet(self) -> str:
-        names = [self.ui.builtinPromptSelector.itemText(n) for n in range(qget(self.ui.builtinPromptSelector, "count"))]
-        return "pub_brain_5" if "pub_brain_5" in names else (names[0] if names else "pub_brain_5")
-
-    def refreshPromptTree(self) -> None:
-        tree = self.ui.promptTree
-        self._updatingPromptTree = True
-        tree.clear()
-        root = self.prompts.tree()
-        red = qt.QBrush(qt.QColor("#c00000"))
-
-        def add(parent, node):
-            entry = qt.QTreeWidgetItem()
-            entry.setText(0, node.label)
-            entry.setText(1, node.value)
-            entry.setData(0, qt.Qt.UserRole, node.path)
-            entry.setData(1, qt.Qt.UserRole, node.kind)
-            if node.editable:
-                entry.setFlags(entry.flags() | qt.Qt.ItemIsEditable)
-            if node.issues:
-                entry.setForeground(0, red)
-                entry.setForeground(1, red)
-                entry.setToolTip(0, "\n".join(node.issues))
-                entry.setToolTip(1, "\n".join(node.issues))
-            if parent is None:
-                tree.addTopLevelItem(entry)
-            else:
-                parent.addChild(entry)
-            for child in node.children:
-                add(entry, child)
-            return entry
-
-        tree.expandItem(add(None, root))
-        tree.expandAll()
-        issues = self.prompts.issues()
-        self.ui.promptIssuesLabel.setText("\n".join(str(i) for i in issues[:5]) +
-                                          (_("\n(and {n} more)").format(n=len(issues) - 5) if len(issues) > 5 else ""))
-        if self._parameterNode:
-            self._parameterNode.promptSetText = self.prompts.to_text()
-        self._updatingPromptTree = False
-
-    def onPromptItemChanged(self, entry, column) -> None:
-        if self._updatingPromptTree or column != 1:
-            return
-        self.prompts.edit(entry.data(0, qt.Qt.UserRole), entry.data(1, qt.Qt.UserRole), entry.text(1))
-        qt.QTimer.singleShot(0, self.refreshPromptTree)  # not while the view is still committing the edit
-
-    def selectedPromptPath(self) -> tuple:
-        entry = self.ui.promptTree.currentItem()
-        if entry is None:
-            return "", "set"
-        return entry.data(0, qt.Qt.UserRole), entry.data(1, qt.Qt.UserRole)
-
-    def onAddTask(self) -> None:
-        self.prompts.add_task(_("new task"))
-        self.refreshPromptTree()
-
-    def onAddClass(self) -> None:
-        path, kind = self.selectedPromptPath()
-        task = "".join(path.split(".classes")[0]) if path.startswith("tasks[") else ""
-        if not task:
-            self.ui.promptIssuesLabel.setText(_("Select a task first."))
-            return
-        self.prompts.add_class(task, _("new class"))
-        self.refreshPromptTree()
-
-    def onAddText(self) -> None:
-        path, kind = self.selectedPromptPath()
-        if kind in ("prompts", "negative_prompts", "templates"):
-            owner, key = path.rsplit(".", 1) if "." in path else ("", path)
-        elif kind in ("prompt", "negative prompt", "template"):
-            owner, key = path.rsplit("[", 1)[0].rsplit(".", 1) if "." in path else ("", path.rsplit("[", 1)[0])
-        elif kind == "class":
-            owner, key = path, "prompts"
-        else:
-            owner, key = (path, "templates")
-        self.prompts.add_text(owner, key, _("new text") if key != "templates" else "{}")
-        self.refreshPromptTree()
-
-    def onRemovePromptItem(self) -> None:
-        path, kind = self.selectedPromptPath()
-        if path and kind not in ("templates", "prompts", "negative_prompts"):
-            self.prompts.remove(path)
-            self.refreshPromptTree()
-
-    def onResetPrompts(self) -> None:
-        from HLIPSlicerLib.prompt_editor import PromptTree
-        self.prompts = PromptTree.load(qget(self.ui.builtinPromptSelector, "currentText") or self.defaultPromptSet())
-        self.refreshPromptTree()
-
-    def onLoadPrompts(self) -> None:
-        from HLIPSlicerLib.prompt_editor import PromptTree
-        from HLIPSlicerLib.qt_seam import dialogs
-        path = dialogs.open_file(self.parent, _("Prompt set"), _("Prompt sets (*.json *.yaml *.yml)"))
-        if not path:
-            return
-        try:
-            self.prompts = PromptTree(__import__("HLIPCore.prompts", fromlist=["read_document"]).read_document(path))
-        except Exception as exc:  # noqa: BLE001
-            dialogs.error(_("Cannot read the prompt set: {error}").format(error=exc))
-            return
-        self.refreshPromptTree()  # invalid files load too; their problems are marked in the tree
-
-    def onSavePrompts(self) -> None:
-        from HLIPSlicerLib.qt_seam import dialogs
-        path = dialogs.save_file(self.parent, _("Save prompt set"), _("Prompt sets (*.json *.yaml *.yml)"))
-        if not path:
-            return
-        try:
-            self.prompts.save(path)
-        except Exception as exc:  # noqa: BLE001
-            dialogs.error(_("The prompt set was not saved: {error}").format(error=exc))
+    # -- prompts (HLIPSlicerLib/prompt_panel.py) ---------------------------------------------------------------
+    @property
+    def prompts(self):
+        """The edited prompt set (prompt_editor.PromptTree)."""
+        return self.promptPanel.prompts if self.promptPanel else None
 
     # -- run ---------------------------------------------------------------------------------------------------
     def ensureDependencies(self) -> bool:

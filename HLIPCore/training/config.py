@@ -37,6 +37,7 @@ class TrainConfig:
     augment: bool = True
     intensity_scale: float = 0.1                   # per-scan x * (1 + U(-s, s)) + U(-t, t) in normalised units
     intensity_shift: float = 0.1
+    report_text: str = "full"                      # full | impression_first | sections (see report_text.py)
     workers: int = 0
     # optimisation
     epochs: Optional[int] = None                   # give epochs or steps (steps wins)
@@ -94,6 +95,9 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in betas)
         if self.precision not in ("fp32", "bf16"):
             bad("precision", f"must be 'fp32' or 'bf16', got {self.precision!r}")
+        from .report_text import MODES
+        if self.report_text not in MODES:
+            bad("report_text", f"must be one of {', '.join(MODES)}, got {self.report_text!r}")
         if not isinstance(self.model, (str, dict)) or not self.model:
             bad("model", "must be a config name, a path or a config mapping")
         if not isinstance(self.eval_labels, dict) or not all(isinstance(v, dict) for v in self.eval_labels.values()):

@@ -27,6 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 
 from ..errors import InputError
+from .report_text import report_text
 
 log = logging.getLogger("HLIPCore.training")
 CACHE_FORMAT = 1
@@ -166,9 +167,10 @@ class TrainDataset(torch.utils.data.Dataset):
     """Items are addressed by (study index, scans to take, epoch) so that a sampler can fix k per global batch."""
 
     def __init__(self, entries: List[ManifestEntry], cache: StudyCache, seed: int = 0, augment: bool = True,
-                 intensity_scale: float = 0.1, intensity_shift: float = 0.1):
+                 intensity_scale: float = 0.1, intensity_shift: float = 0.1, report_mode: str = "full"):
         self.entries, self.cache, self.seed = entries, cache, seed
         self.augment, self.scale, self.shift = augment, intensity_scale, intensity_shift
+        self.report_mode = report_mode
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -184,7 +186,7 @@ class TrainDataset(torch.utils.data.Dataset):
             scans = augment_study(scans, k, gen, self.scale, self.shift)
         else:
             scans = augment_study(scans, k, gen, shuffle=False)
-        return scans, self.entries[index].report
+        return scans, report_text(self.entries[index].report, self.report_mode, gen)
 
 
 class StepBatchSampler(torch.utils.data.Sampler):

@@ -197,7 +197,7 @@ class Trainer:
         self.optimizer = create_optimizer(self.model, cfg.lr, cfg.wd, cfg.betas, cfg.eps)
         self.loss_fn = create_loss(cfg.siglip)
         self.dataset = TrainDataset(self.entries, self.cache, cfg.seed, cfg.augment, cfg.intensity_scale,
-                                    cfg.intensity_shift)
+                                    cfg.intensity_shift, cfg.report_text)
         global_batch = self.world * cfg.accum_steps * cfg.batch_size
         self.steps_per_epoch = len(self.entries) // global_batch
         if self.steps_per_epoch < 1:

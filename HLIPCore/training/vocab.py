@@ -52,10 +52,14 @@ def choose_vocabulary(counts: Counter, vocab_size: int) -> List[str]:
 
 
 def build_wordpiece_tokenizer(texts: Iterable[str], out_dir: Union[str, Path], vocab_size: int = 8192) -> Path:
+    return write_bert_tokenizer(choose_vocabulary(words_of(texts), vocab_size), out_dir)
+
+
+def write_bert_tokenizer(vocab: List[str], out_dir: Union[str, Path]) -> Path:
+    """A lower-casing BERT WordPiece tokenizer folder (AutoTokenizer-loadable) with exactly this vocabulary."""
     from transformers import BertTokenizerFast
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = choose_vocabulary(words_of(texts), vocab_size)
     (out_dir / "vocab.txt").write_text("".join(f"{token}\n" for token in vocab))
     # transformers 5 takes the vocabulary as `vocab` and silently ignores 4.x's `vocab_file`
     takes_vocab = "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters

@@ -19,14 +19,11 @@ WORDS = ("no significant abnormalities acute stroke glioma meningioma metastasis
 
 def write_wordpiece_tokenizer(folder: Path, extra_words=()) -> Path:
     """A real BERT WordPiece tokenizer (uncased) whose vocabulary is the given words plus characters."""
-    from transformers import BertTokenizerFast
-    folder.mkdir(parents=True, exist_ok=True)
+    from HLIPCore.training.vocab import write_bert_tokenizer
     chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,:;-()'/"))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(dict.fromkeys([*WORDS, *extra_words]))
     vocab += [c for c in chars if c not in vocab] + [f"##{c}" for c in chars]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
-    return folder
+    return write_bert_tokenizer(vocab, folder)
 
 
 @pytest.fixture(scope="session")

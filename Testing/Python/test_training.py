@@ -228,3 +228,17 @@ def test_periodic_eval_and_hlip_eval_cli(data, tmp_path):
     cli = json.loads((tmp_path / "cli" / "eval.json").read_text())
     for task, metrics in step_eval["tasks"].items():  # same model, same studies: same numbers
         assert cli["tasks"][task]["auc"] == pytest.approx(metrics["auc"], abs=1e-6) or np.isnan(metrics["auc"])
+
+
+def test_report_text_modes_keep_the_impression():
+    from HLIPCore.training.report_text import report_text, split_sections
+    report = ("EXAMINATION: MRI brain.\n\nTECHNIQUE: " + "axial T1, " * 60 + "\n\nFINDINGS:\nA mass in the left "
+              "frontal lobe.\n\nIMPRESSION: Left frontal glioma.")
+    assert set(split_sections(report)) == {"EXAMINATION", "TECHNIQUE", "FINDINGS", "IMPRESSION"}
+    assert report_text(report, "full") == report
+    assert report_text(report, "impression_first") == "Left frontal glioma. A mass in the left frontal lobe."
+    gen = torch.Generator().manual_seed(0)
+    seen = {report_text(report, "sections", gen) for _ in range(40)}
+    assert seen == {"Left frontal glioma.", "A mass in the left frontal lobe.",
+                    "Left frontal glioma. A mass in the left frontal lobe."}
+    assert report_text("no sections here", "sections", gen) == "no sections here"

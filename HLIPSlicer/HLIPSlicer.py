@@ -2,8 +2,8 @@
 maps overlaid on the volumes.
 
 Layers: HLIPSlicerWidget (GUI only) -> HLIPSlicerLogic (MRML in and out; the scripting API) -> the worker child
-process (Scripts/hlip_worker.py, run by PythonSlicer) -> HLIPCore (model, study reading, maps). The logic's
-implementation is HLIPSlicerLib/logic.py; HLIPSlicerLogic below adds the module's parameter node.
+process (Scripts/hlip_worker.py, run by PythonSlicer) -> HLIPCore (model, study reading, maps). This file holds
+thin classes; the logic's implementation is HLIPSlicerLib/logic.py, the widget's parts HLIPSlicerLib/*_panel.py.
 
 Scripting from Slicer's Python console::
 
@@ -27,7 +27,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import HLIPSlicerLib  # noqa: E402
-from HLIPSlicerLib import overlays, process, results, study  # noqa: E402
+from HLIPSlicerLib import overlays, process, study  # noqa: E402
 from HLIPSlicerLib.logic import DEFAULT_MODEL, AnalysisLogic, AnalysisRun, HLIPSlicerError  # noqa: E402,F401
 from HLIPSlicerLib.qt_seam import get as qget  # noqa: E402
 from HLIPSlicerLib.qt_seam import (Choice, ScriptedLoadableModule, ScriptedLoadableModuleTest,  # noqa: E402
@@ -94,9 +94,8 @@ class HLIPSlicerParameterNode:
 
 
 class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: GUI only; everything it does goes through HLIPSlicerLogic."""
-
-    STUDY_ALL, STUDY_FOLDER = -1, -2
+    """The panel: GUI only; everything it does goes through HLIPSlicerLogic. The study input, the prompt editor and
+    the results are small classes in HLIPSlicerLib (study_panel, prompt_panel, results_panel) that it owns."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -104,8 +103,9 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self.studyPanel = None
         self.promptPanel = None
-        self.resultNode = None
+        self.resultsPanel = None
         self._timer = None
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -124,29 +124,24 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
 
+        from HLIPSlicerLib.prompt_panel import PromptPanel
+        from HLIPSlicerLib.results_panel import ResultsPanel
+        from HLIPSlicerLib.study_panel import StudyPanel
         ui = self.ui
-        ui.studySelector.currentIndexChanged.connect(self.onStudyChanged)
-        ui.volumeList.itemChanged.connect(lambda *a: self.updateScanList())
-        ui.browseFolderButton.clicked.connect(self.onBrowseFolder)
+        self.studyPanel = StudyPanel(ui, self.logic, self.parent)
         ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
         ui.downloadModelButton.clicked.connect(self.onDownloadModel)
         ui.localModelButton.clicked.connect(self.onLocalModel)
         ui.deviceSelector.currentIndexChanged.connect(lambda *a: self.updateDeviceWarning())
         ui.precisionSelector.currentIndexChanged.connect(lambda *a: self.updateDeviceWarning())
         ui.analyzeButton.clicked.connect(self.onAnalyzeButton)
-        ui.resultsTable.itemSelectionChanged.connect(self.onResultSelectionChanged)
-        ui.opacitySpinBox.valueChanged.connect(self.onOpacityChanged)
-        ui.thresholdSpinBox.valueChanged.connect(self.onThresholdChanged)
-        ui.resultsTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
-        ui.resultsTable.setSelectionMode(qt.QAbstractItemView.SingleSelection)
-        ui.resultsTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        self.resultsPanel = ResultsPanel(ui, self.logic, lambda: self._parameterNode)
         ui.progressBar.setRange(0, 100)
 
-        from HLIPSlicerLib.prompt_panel import PromptPanel
         self.promptPanel = PromptPanel(ui, lambda: self._parameterNode, self.parent)
         self.initializeParameterNode()
         self.populateModels()
-        self.populateStudies()
+        self.studyPanel.populate()
         self.promptPanel.loadFromParameterNode()
         self.updateDeviceWarning()
 
@@ -168,12 +163,12 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneEndClose(self, caller, event) -> None:
         self.initializeParameterNode()
-        self.populateStudies()
+        self.studyPanel.populate()
 
     def onSceneNodesChanged(self, caller=None, event=None) -> None:
-        if not self.logic or self.logic.isRunning():
+        if not self.studyPanel or self.logic.isRunning():  # studyPanel: set up after the logic
             return
-        qt.QTimer.singleShot(0, self.populateStudies)  # after the node is fully added/removed
+        qt.QTimer.singleShot(0, self.studyPanel.populate)  # after the node is fully added/removed
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -184,91 +179,6 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-
-    # -- study -------------------------------------------------------------------------------------------------
-    def populateStudies(self) -> None:
-        sel = self.ui.studySelector
-        previous = qget(sel, "currentData") if qget(sel, "count") else None
-        sel.blockSignals(True)
-        sel.clear()
-        sh = study.subject_hierarchy()
-        import vtk
-        ids = vtk.vtkIdList()
-        sh.GetItemChildren(sh.GetSceneItemID(), ids, True)
-        for n in range(ids.GetNumberOfIds()):
-            item = ids.GetId(n)
-            if sh.GetItemLevel(item) == "Study":
-                patient = sh.GetItemName(sh.GetItemParent(item))
-                sel.addItem(_("Study: {study} ({patient})").format(study=sh.GetItemName(item), patient=patient), item)
-        sel.addItem(_("Loaded volumes"), self.STUDY_ALL)
-        sel.addItem(_("DICOM folder or file"), self.STUDY_FOLDER)
-        index = sel.findData(previous) if previous is not None else -1
-        sel.setCurrentIndex(index if index >= 0 else 0)
-        sel.blockSignals(False)
-        self.onStudyChanged()
-
-    def onStudyChanged(self, *args) -> None:
-        choice = qget(self.ui.studySelector, "currentData")
-        folder = choice == self.STUDY_FOLDER
-        self.ui.volumeList.setVisible(not folder)
-        self.ui.dicomFolderEdit.setVisible(folder)
-        self.ui.browseFolderButton.setVisible(folder)
-        lst = self.ui.volumeList
-        lst.blockSignals(True)
-        lst.clear()
-        if choice is not None and not folder:
-            if choice == self.STUDY_ALL:
-                nodes = [slicer.mrmlScene.GetNthNodeByClass(n, "vtkMRMLScalarVolumeNode")
-                         for n in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
-                nodes = [n for n in nodes if not n.GetAttribute(results.ATTR_ROLE)]
-            else:
-                nodes = self.logic.studyVolumes(int(choice))
-            for node in nodes:
-                if node.GetAttribute(results.ATTR_ROLE) == "attentionMap":
-                    continue
-                entry = qt.QListWidgetItem(node.GetName())
-                entry.setData(qt.Qt.UserRole, node.GetID())
-                entry.setFlags(entry.flags() | qt.Qt.ItemIsUserCheckable)
-                entry.setCheckState(qt.Qt.Checked)
-                lst.addItem(entry)
-        lst.blockSignals(False)
-        self.updateScanList()
-
-    def selectedVolumes(self) -> list:
-        nodes = []
-        for n in range(qget(self.ui.volumeList, "count")):
-            entry = self.ui.volumeList.item(n)
-            if entry.checkState() == qt.Qt.Checked:
-                node = slicer.mrmlScene.GetNodeByID(entry.data(qt.Qt.UserRole))
-                if node is not None:
-                    nodes.append(node)
-        return nodes
-
-    def updateScanList(self) -> None:
-        if qget(self.ui.studySelector, "currentData") == self.STUDY_FOLDER:
-            self.ui.scansLabel.setText(_("The scans of the folder are listed after the analysis."))
-            return
-        try:
-            used, skipped = self.logic.planScans(self.selectedVolumes())
-        except ImportError:  # HLIPCore's requirements not installed yet
-            self.ui.scansLabel.setText(_("The scans are listed once the requirements are installed."))
-            return
-        self.showScans([f"{u.name} ({u.modality}, {u.shape[2]}x{u.shape[1]}x{u.shape[0]})" for u in used],
-                       [(s.name, s.reason) for s in skipped])
-
-    def showScans(self, used, skipped) -> None:
-        import html
-        lines = [_("<b>{n} scan(s) used:</b>").format(n=len(used))] + [html.escape(u) for u in used]
-        if skipped:
-            lines.append(_("<b>Skipped:</b>"))
-            lines += [f"{html.escape(name)}: <i>{html.escape(reason)}</i>" for name, reason in skipped]
-        self.ui.scansLabel.setText("<br>".join(lines))
-
-    def onBrowseFolder(self) -> None:
-        from HLIPSlicerLib.qt_seam import dialogs
-        folder = dialogs.open_folder(self.parent, _("DICOM folder of the study"))
-        if folder:
-            self.ui.dicomFolderEdit.setText(folder)
 
     # -- model -------------------------------------------------------------------------------------------------
     def populateModels(self) -> None:
@@ -349,11 +259,20 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceWarningLabel.setText(text)
         self.ui.deviceWarningLabel.setVisible(bool(text))
 
-    # -- prompts (HLIPSlicerLib/prompt_panel.py) ---------------------------------------------------------------
+    # -- the panels' state ---------------------------------------------------------------------------------------
+    def selectedVolumes(self) -> list:
+        """The volume nodes ticked in the study list."""
+        return self.studyPanel.selectedVolumes()
+
     @property
     def prompts(self):
         """The edited prompt set (prompt_editor.PromptTree)."""
         return self.promptPanel.prompts if self.promptPanel else None
+
+    @property
+    def resultNode(self):
+        """The result table node shown in the results table."""
+        return self.resultsPanel.resultNode if self.resultsPanel else None
 
     # -- run ---------------------------------------------------------------------------------------------------
     def ensureDependencies(self) -> bool:
@@ -385,8 +304,8 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         options = dict(modelId=model.id, promptSet=self.prompts.doc, device=p.device, precision=p.precision,
                        attention=p.attention)
-        if qget(self.ui.studySelector, "currentData") == self.STUDY_FOLDER:
-            folder = qget(self.ui.dicomFolderEdit, "text").strip()
+        if self.studyPanel.isFolder():
+            folder = self.studyPanel.folder()
             self.startRun(lambda **kw: self.logic.analyzeFolder(folder, **options, **kw), _("Analysing {name}...")
                           .format(name=folder))
         else:
@@ -445,62 +364,11 @@ class HLIPSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.populateModels()
             self.appendLog(_("Downloaded to {path}").format(path=run.resultPath))
             return
-        self.showResult(run.resultNode)
+        self.resultsPanel.show(run.resultNode)
         report = self.logic.report(run.resultNode)
-        self.showScans([f"{s['description']} ({s['modality']})" for s in report.get("scans", [])],
-                       [(s.name, s.reason) for s in run.skipped] +
-                       [(k["source"], k["reason"]) for k in report.get("skipped", [])])
-
-    def showResult(self, table) -> None:
-        self.resultNode = table
-        rows = self.logic.scores(table)
-        view = self.ui.resultsTable
-        view.blockSignals(True)
-        view.clear()
-        view.setColumnCount(3)
-        view.setHorizontalHeaderLabels([_("Task"), _("Class"), _("Probability")])
-        view.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, text in enumerate((row["task"], row["class"], f"{row['probability']:.3f}")):
-                cell = qt.QTableWidgetItem(text)
-                if row["top"]:
-                    font = cell.font()
-                    font.setBold(True)
-                    cell.setFont(font)
-                view.setItem(r, c, cell)
-        view.resizeColumnsToContents()
-        view.blockSignals(False)
-        self.ui.resultStatusLabel.setText(_("Select a row to show its attention map. Results are in the subject "
-                                            "hierarchy under the study."))
-        top = next((r for r, row in enumerate(rows) if row["top"] and row["map"]), None)
-        if top is not None:
-            view.selectRow(top)
-
-    def onResultSelectionChanged(self) -> None:
-        from HLIPSlicerLib.qt_seam import dialogs
-        view = self.ui.resultsTable
-        selected = view.selectionModel().selectedRows()
-        if not selected or self.resultNode is None:
-            return
-        r = selected[0].row()
-        task, cls = view.item(r, 0).text(), view.item(r, 1).text()
-        try:
-            self.logic.showAttentionMap(self.resultNode, cls, task=task, opacity=self._parameterNode.opacity,
-                                        threshold=self._parameterNode.threshold)
-            self.ui.resultStatusLabel.setText(_("Showing the attention map of {task}: {cls}.").format(task=task,
-                                                                                                    cls=cls))
-        except HLIPSlicerError as exc:
-            self.ui.resultStatusLabel.setText(str(exc))
-        except Exception as exc:  # noqa: BLE001
-            dialogs.error(_("The attention map cannot be shown: {error}").format(error=exc))
-
-    def onOpacityChanged(self, value) -> None:
-        if self.resultNode is not None:
-            self.logic.setOverlayOpacity(value)
-
-    def onThresholdChanged(self, value) -> None:
-        if self.resultNode is not None:
-            self.logic.setOverlayThreshold(self.resultNode, value)
+        self.studyPanel.showScans([f"{s['description']} ({s['modality']})" for s in report.get("scans", [])],
+                                  [(s.name, s.reason) for s in run.skipped] +
+                                  [(k["source"], k["reason"]) for k in report.get("skipped", [])])
 
 
 #

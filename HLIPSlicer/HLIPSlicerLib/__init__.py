@@ -9,7 +9,8 @@
 - `overlays`: attention-map volume nodes with the input's IJKToRAS, colour map, threshold, slice view layers.
 - `prompt_editor`: a Qt-free tree model of a prompt set with validation messages mapped onto tree items.
 - `logic`: HLIPSlicerLogic's implementation (the scripting API): run the worker, load its results as MRML nodes.
-- `prompt_panel`: the panel's prompt tree and its buttons, owned by HLIPSlicerWidget.
+- `study_panel`, `prompt_panel`, `results_panel`: the parts of the panel (study input and scan list, prompt tree,
+  results table and overlay controls), owned by HLIPSlicerWidget.
 """
 import os
 import sys

@@ -6,7 +6,7 @@ Inside 3D Slicer (``slicer.app`` exists) everything is Slicer's own: PythonQt's 
 ``slicer.util``.
 
 Outside Slicer (pytest with ``slicer-core`` + ``PySide6`` through ``Qt.py``, ``QT_QPA_PLATFORM=offscreen``) the
-same names are stand-ins that cover exactly what HLIPSlicer.py uses:
+same names are stand-ins that cover exactly what HLIPSlicer.py and its HLIPSlicerLib panels use:
 - ``qt``: one namespace with QtCore, QtGui, QtWidgets classes (PythonQt puts them all in ``qt``);
 - ``ScriptedLoadableModule*``: minimal bases (resourcePath, parameter node, unittest test base);
 - ``parameterNodeWrapper``: typed fields stored as strings in a ``vtkMRMLScriptedModuleNode`` and

@@ -1,6 +1,7 @@
 """The HLIP panel outside Slicer: HLIPSlicer.ui loaded with PySide6 (offscreen) through the Qt seam, on a real
 headless MRML scene, clicking Analyze (real worker child process), reading the results table, selecting a class,
 changing the overlay opacity, editing prompts, cancelling. See HLIPSlicer/README.md for what this does not cover."""
+import json
 import sys
 
 import numpy as np
@@ -52,6 +53,60 @@ def test_panel_lists_study_scans_and_prompts(panel, qtbot):
     assert marked.foreground(1).color().name() == "#c00000" and marked.toolTip(1)
     ui.resetPromptsButton.click()
     assert ui.promptIssuesLabel.text() == "" and find_item(tree, "templates[0]").text(1).endswith("{}.")
+
+
+def test_prompt_buttons_edit_save_and_load(panel, tmp_path, monkeypatch):
+    """The prompt editor's buttons: add a class, a prompt and a task, remove, save to a file, reset, load it back;
+    the edited set is kept in the parameter node, an empty task is marked, an unreadable file is explained."""
+    widget, _ = panel
+    from HLIPSlicerLib.qt_seam import dialogs
+    ui, tree = widget.ui, widget.ui.promptTree
+    tasks = len(widget.prompts.doc["tasks"])
+    new_class = f"tasks[0].classes[{len(widget.prompts.doc['tasks'][0]['classes'])}]"
+    tree.setCurrentItem(find_item(tree, "tasks[0]"))
+    ui.addClassButton.click()
+    assert find_item(tree, new_class).text(1) == "new class"
+    tree.setCurrentItem(find_item(tree, new_class))
+    ui.addPromptButton.click()
+    assert find_item(tree, f"{new_class}.prompts[1]").text(1) == "new text"
+    assert ui.promptIssuesLabel.text() == ""
+    ui.addTaskButton.click()
+    assert len(widget.prompts.doc["tasks"]) == tasks + 1
+    empty_task = find_item(tree, f"tasks[{tasks}]")
+    assert ui.promptIssuesLabel.text() and empty_task.foreground(1).color().name() == "#c00000"
+    tree.setCurrentItem(empty_task)
+    ui.removePromptItemButton.click()
+    assert len(widget.prompts.doc["tasks"]) == tasks and ui.promptIssuesLabel.text() == ""
+    assert json.loads(widget._parameterNode.promptSetText) == widget.prompts.doc
+    saved = tmp_path / "edited.json"
+    monkeypatch.setitem(dialogs.answers, "save_file", str(saved))
+    ui.savePromptsButton.click()
+    assert saved.is_file()
+    ui.resetPromptsButton.click()
+    with pytest.raises(KeyError):
+        find_item(tree, new_class)
+    monkeypatch.setitem(dialogs.answers, "open_file", str(saved))
+    ui.loadPromptsButton.click()
+    assert find_item(tree, f"{new_class}.prompts[1]").text(1) == "new text"
+    (tmp_path / "broken.json").write_text("{not json")
+    monkeypatch.setitem(dialogs.answers, "open_file", str(tmp_path / "broken.json"))
+    ui.loadPromptsButton.click()
+    assert dialogs.shown[-1][0] == "error" and "Cannot read the prompt set" in dialogs.shown[-1][1]
+    assert find_item(tree, new_class).text(1) == "new class"  # the tree is left as it was
+
+
+def test_dicom_folder_input(panel, tmp_path, monkeypatch):
+    widget, _ = panel
+    from HLIPSlicerLib.qt_seam import dialogs
+    ui = widget.ui
+    ui.studySelector.setCurrentIndex(ui.studySelector.findData(widget.studyPanel.STUDY_FOLDER))
+    assert ui.volumeList.isHidden() and not ui.dicomFolderEdit.isHidden()
+    assert "listed after the analysis" in ui.scansLabel.text()
+    monkeypatch.setitem(dialogs.answers, "open_folder", str(tmp_path))
+    ui.browseFolderButton.click()
+    assert ui.dicomFolderEdit.text() == str(tmp_path) and widget._parameterNode.dicomFolder == str(tmp_path)
+    ui.studySelector.setCurrentIndex(0)
+    assert not ui.volumeList.isHidden() and ui.volumeList.count() == 2
 
 
 @pytest.mark.slow

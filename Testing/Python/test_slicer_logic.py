@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import affine_from, blob_volume
+from data_fixtures import affine_from, blob_volume, write_series
 from slicer_env import ARTIFACTS, ROOT, ras_of_pixel, render_slice_view, slicer_module, mrml_app  # noqa: F401
 
 import slicer
@@ -133,6 +133,69 @@ def test_analyze_volumes_end_to_end(mrml_app, slicer_module, model_dir, tmp_path
     reloaded = [restored.GetNthNodeReference("HLIPMap", n) for n in range(restored.GetNumberOfNodeReferences("HLIPMap"))]
     assert len(reloaded) == 2
     np.testing.assert_allclose(slicer_module_ijk(reloaded[0]), expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_analyze_folder_loads_the_used_series_with_their_dicom_geometry(mrml_app, slicer_module, model_dir, tmp_path):
+    """A DICOM folder as input: the worker reads it and writes the scans it used as NIfTI next to the results; the
+    logic loads those as volume nodes (the maps' backgrounds) with the series' geometry, then the maps copy each
+    loaded volume's IJKToRAS exactly. Nothing was in the scene before."""
+    from HLIPSlicerLib import results
+    series = {"T1 AX": (blob_volume(BLOB["shape"], BLOB["centre"], BLOB["radius"]), AX),
+              "T2 SAG": (blob_volume((10, 36, 36), (5, 18, 18), (2, 4, 4), seed=1), SAG)}
+    folder = tmp_path / "dicom_study"
+    for n, (description, (array, affine)) in enumerate(series.items()):
+        write_series(folder / f"series{n + 1}", array, affine, description=description, series_number=n + 1)
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+    logic = slicer_module.HLIPSlicerLogic(pythonExecutable=sys.executable)
+    table = logic.analyzeFolder(str(folder), str(model_dir), "pub_brain_5", outputFolder=tmp_path / "out",
+                                device="cpu")
+
+    # the table node against report.json
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert logic.report(table) == report and len(report["scans"]) == 2
+    rows = logic.scores(table)
+    assert [(r["task"], r["class"]) for r in rows] == [(t, c) for t, cs in report["scores"].items() for c in cs]
+    for r in rows:
+        assert r["probability"] == pytest.approx(report["scores"][r["task"]][r["class"]], abs=1e-9)
+
+    # the used series, loaded as volume nodes: voxels as stored in DICOM, IJKToRAS = the series' geometry (through
+    # DICOM's 6-decimal text and the worker's float32 NIfTI affine: 1e-4 mm in general; exact for these values)
+    inputs = results.input_nodes_of(table)
+    by_name = {node.GetName(): node for node in inputs}
+    assert sorted(by_name) == sorted(series)
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
+    for name, (array, affine) in series.items():
+        node = by_name[name]
+        np.testing.assert_allclose(slicer_module_ijk(node), affine, atol=1e-4)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(node), array, atol=0.5)  # int16 in the files
+        assert node.GetAttribute("DICOM.Modality") == "MR"
+
+    # the maps: exactly the loaded volume's IJKToRAS, shown over it in every slice view
+    maps = logic.showAttentionMap(table, "Glioma", opacity=0.4, threshold=0.3)
+    assert len(maps) == 2
+    map_of = {}
+    for overlay in maps:
+        source = by_name[overlay.GetName().split(" map - ", 1)[1]]
+        map_of[source.GetID()] = overlay
+        np.testing.assert_array_equal(slicer_module_ijk(overlay), slicer_module_ijk(source))
+        assert slicer.util.arrayFromVolume(overlay).shape == slicer.util.arrayFromVolume(source).shape
+        assert overlay.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.3)
+    assert len(map_of) == 2
+    for view in ("Red", "Yellow", "Green"):
+        composite = mrml_app.composite(view)
+        assert composite.GetBackgroundVolumeID() == inputs[0].GetID()
+        assert composite.GetForegroundVolumeID() == map_of[inputs[0].GetID()].GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.4)
+
+    # subject hierarchy: the series in a folder named after the input, the results in a folder under it
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    series_folder = sh.GetItemParent(sh.GetItemByDataNode(inputs[0]))
+    assert sh.GetItemName(series_folder) == "dicom_study"
+    assert all(sh.GetItemParent(sh.GetItemByDataNode(node)) == series_folder for node in inputs)
+    result_folder = sh.GetItemParent(sh.GetItemByDataNode(table))
+    assert sh.GetItemParent(result_folder) == series_folder
+    assert all(sh.GetItemParent(sh.GetItemByDataNode(overlay)) == result_folder for overlay in maps)
 
 
 @pytest.mark.slow

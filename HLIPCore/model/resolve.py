@@ -1,5 +1,6 @@
 """Turn what a user types after --model (a catalog id, a checkpoint file, a converted folder) into a model."""
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -30,7 +31,8 @@ def _config_for_file(path: Path, config: Optional[str]) -> str:
     if len(fits) == 1:
         return fits[0]
     name = str(read_checkpoint(path).get("name", "")).lower()  # v1.0 files record their training run name
-    named = [f for f in fits if f.split("_")[1] in name]  # e.g. 'h3' in '..._h3_token1176'
+    layout_tag = {f: re.search(r"_(h\d)(?:_|$)", f) for f in fits}  # e.g. 'h3' of 'multiscan_h3_token1176'
+    named = [f for f, tag in layout_tag.items() if tag and re.search(rf"(?:^|[^a-z0-9]){tag.group(1)}(?:[^0-9]|$)", name)]
     if len(named) == 1:
         return named[0]
     if fits:

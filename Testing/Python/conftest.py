@@ -31,6 +31,19 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return write_wordpiece_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A converted tiny_multiscan_h3 folder (random weights, seed 0, and `tokenizer_dir`), as `hlip convert` writes
+    it. Shared by the analysis and Slicer module tests: read it, do not change it."""
+    from HLIPCore.model import create_model
+    from HLIPCore.model.checkpoint import convert_checkpoint
+    torch.manual_seed(0)
+    model = create_model("tiny_multiscan_h3")
+    folder = tmp_path_factory.mktemp("models")
+    torch.save(model.state_dict(), folder / "tiny.pt")
+    return convert_checkpoint(folder / "tiny.pt", "tiny_multiscan_h3", folder / "tiny", tokenizer=tokenizer_dir)
+
+
 @pytest.fixture
 def tiny_model():
     from HLIPCore.model import create_model

@@ -12,22 +12,10 @@ import torch
 
 from data_fixtures import affine_from, blob_volume, dicomdir_tests_folder, write_series
 from HLIPCore.analyze import AnalyzeOptions, Analyzer, analyze_batch
-from HLIPCore.model.checkpoint import convert_checkpoint
 from HLIPCore.prompts import PromptSet, load_prompt_set
 from HLIPCore.zeroshot import build_classifier, encode_texts, ensemble
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer_dir):
-    """A converted tiny model folder (weights + config + tokenizer), as `hlip convert` writes them."""
-    from HLIPCore.model import create_model
-    torch.manual_seed(0)
-    model = create_model("tiny_multiscan_h3")
-    folder = tmp_path_factory.mktemp("models")
-    torch.save(model.state_dict(), folder / "tiny.pt")
-    return convert_checkpoint(folder / "tiny.pt", "tiny_multiscan_h3", folder / "tiny", tokenizer=tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +35,8 @@ def options(model_dir, **kw):
     return AnalyzeOptions(**base)
 
 
-def test_scores_maps_and_report(model_dir, study_dir, tmp_path):
-    report = Analyzer(options(model_dir)).analyze(study_dir, tmp_path / "out")
+def test_scores_maps_and_report(tiny_model_dir, study_dir, tmp_path):
+    report = Analyzer(options(tiny_model_dir)).analyze(study_dir, tmp_path / "out")
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk == report and report["status"] == "ok" and len(report["scans"]) == 2
     ps = load_prompt_set("pub_brain_5")
@@ -73,23 +61,24 @@ def test_scores_maps_and_report(model_dir, study_dir, tmp_path):
     assert (tmp_path / "out" / "overview.png").stat().st_size > 1000
 
 
-def test_scores_do_not_depend_on_class_order(model_dir, study_dir, tmp_path):
+def test_scores_do_not_depend_on_class_order(tiny_model_dir, study_dir, tmp_path):
     ps = load_prompt_set("pub_brain_5")
     d = ps.to_dict()
     for task in d["tasks"]:
         task["classes"] = list(reversed(task["classes"]))
     reversed_file = tmp_path / "reversed.json"
     reversed_file.write_text(json.dumps(d))
-    a = Analyzer(options(model_dir, attention="none")).analyze(study_dir, tmp_path / "a")
-    b = Analyzer(options(model_dir, attention="none", prompts=str(reversed_file))).analyze(study_dir, tmp_path / "b")
+    a = Analyzer(options(tiny_model_dir, attention="none")).analyze(study_dir, tmp_path / "a")
+    reversed_options = options(tiny_model_dir, attention="none", prompts=str(reversed_file))
+    b = Analyzer(reversed_options).analyze(study_dir, tmp_path / "b")
     for task, probs in a["scores"].items():
         for cls, p in probs.items():
             assert abs(b["scores"][task][cls] - p) < 1e-6
 
 
-def test_template_ensembling_equals_formula(model_dir, tmp_path):
+def test_template_ensembling_equals_formula(tiny_model_dir, tmp_path):
     from HLIPCore.model import create_model, create_tokenizer
-    model, tok = create_model(model_dir), create_tokenizer(model_dir)
+    model, tok = create_model(tiny_model_dir), create_tokenizer(tiny_model_dir)
     ps = PromptSet.from_dict({"name": "t", "templates": ["a scan of {}.", "this mri study shows: {}."],
                               "tasks": [{"name": "d", "kind": "multiclass", "classes": [
                                   {"name": "A", "prompts": ["glioma", "mass lesion"]},
@@ -108,11 +97,11 @@ def test_template_ensembling_equals_formula(model_dir, tmp_path):
     torch.testing.assert_close(cached.weights["d"], clf.weights["d"])
 
 
-def test_batch_continues_past_a_corrupt_study_and_skips_finished(model_dir, study_dir, tmp_path):
+def test_batch_continues_past_a_corrupt_study_and_skips_finished(tiny_model_dir, study_dir, tmp_path):
     broken = tmp_path / "broken_study"
     broken.mkdir()
     (broken / "image.dcm").write_bytes(b"DICM" + bytes(300))
-    opts = options(model_dir, attention="none")
+    opts = options(tiny_model_dir, attention="none")
     rows = analyze_batch([study_dir, broken], tmp_path / "batch", opts, show_progress=False)
     assert [r["status"] for r in rows] == ["ok", "error"] and "image.dcm" in rows[1]["error"] or "broken" in rows[1]["error"]
     with open(tmp_path / "batch" / "scores.csv") as f:
@@ -125,16 +114,16 @@ def test_batch_continues_past_a_corrupt_study_and_skips_finished(model_dir, stud
     assert report.stat().st_mtime_ns == stamp  # finished study not redone
 
 
-def test_rollout_maps(model_dir, study_dir, tmp_path):
-    report = Analyzer(options(model_dir, attention_method="rollout")).analyze(study_dir, tmp_path / "r")
+def test_rollout_maps(tiny_model_dir, study_dir, tmp_path):
+    report = Analyzer(options(tiny_model_dir, attention_method="rollout")).analyze(study_dir, tmp_path / "r")
     assert {(m["task"], m["class"]) for m in report["maps"]} == {("rollout", "class-agnostic")}
 
 
 @pytest.mark.slow
-def test_hlip_analyze_cli_on_real_dicom(model_dir, tmp_path):
+def test_hlip_analyze_cli_on_real_dicom(tiny_model_dir, tmp_path):
     """pydicom's real multi-series test study through the CLI in a child process."""
     folder = dicomdir_tests_folder()
-    cmd = [sys.executable, "-m", "HLIPCore.cli.main", "analyze", folder, "--model", str(model_dir),
+    cmd = [sys.executable, "-m", "HLIPCore.cli.main", "analyze", folder, "--model", str(tiny_model_dir),
            "--prompts", "pub_brain_5", "--out", str(tmp_path / "cli"), "--attention", "Glioma", "--device", "cpu"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

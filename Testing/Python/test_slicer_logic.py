@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from data_fixtures import affine_from, blob_volume, write_series
 from slicer_env import ARTIFACTS, ROOT, ras_of_pixel, render_slice_view, slicer_module, mrml_app  # noqa: F401
@@ -19,17 +18,6 @@ import slicer
 AX = affine_from([-1, 0, 0], [0, -1, 0], (2.0, 2.0, 4.0), [60, 60, -30])
 SAG = affine_from([0, 1, 0], [0, 0, -1], (2.0, 2.0, 5.0), [-30, -60, 60])
 BLOB = dict(shape=(12, 40, 40), centre=(6, 20, 24), radius=(2, 5, 5))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer_dir):
-    from HLIPCore.model import create_model
-    from HLIPCore.model.checkpoint import convert_checkpoint
-    torch.manual_seed(0)
-    model = create_model("tiny_multiscan_h3")
-    folder = tmp_path_factory.mktemp("models")
-    torch.save(model.state_dict(), folder / "tiny.pt")
-    return convert_checkpoint(folder / "tiny.pt", "tiny_multiscan_h3", folder / "tiny", tokenizer=tokenizer_dir)
 
 
 def add_study(names=("T1 AX", "T2 SAG")):
@@ -71,11 +59,11 @@ def test_study_volumes_and_plan(mrml_app, slicer_module):
 
 
 @pytest.mark.slow
-def test_analyze_volumes_end_to_end(mrml_app, slicer_module, model_dir, tmp_path):
+def test_analyze_volumes_end_to_end(mrml_app, slicer_module, tiny_model_dir, tmp_path):
     item, nodes = add_study()
     logic = slicer_module.HLIPSlicerLogic(pythonExecutable=sys.executable)
     stages = []
-    table = logic.analyzeVolumes(nodes, str(model_dir), "pub_brain_5", outputFolder=tmp_path / "out",
+    table = logic.analyzeVolumes(nodes, str(tiny_model_dir), "pub_brain_5", outputFolder=tmp_path / "out",
                                  device="cpu", progressCallback=lambda f, s: stages.append((f, s)))
     # progress came from the worker's HLIP_PROGRESS lines, in order
     assert stages[0][1] == "starting" and stages[-1] == (1.0, "done")
@@ -136,7 +124,8 @@ def test_analyze_volumes_end_to_end(mrml_app, slicer_module, model_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_analyze_folder_loads_the_used_series_with_their_dicom_geometry(mrml_app, slicer_module, model_dir, tmp_path):
+def test_analyze_folder_loads_the_used_series_with_their_dicom_geometry(mrml_app, slicer_module, tiny_model_dir,
+                                                                       tmp_path):
     """A DICOM folder as input: the worker reads it and writes the scans it used as NIfTI next to the results; the
     logic loads those as volume nodes (the maps' backgrounds) with the series' geometry, then the maps copy each
     loaded volume's IJKToRAS exactly. Nothing was in the scene before."""
@@ -148,7 +137,7 @@ def test_analyze_folder_loads_the_used_series_with_their_dicom_geometry(mrml_app
         write_series(folder / f"series{n + 1}", array, affine, description=description, series_number=n + 1)
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
     logic = slicer_module.HLIPSlicerLogic(pythonExecutable=sys.executable)
-    table = logic.analyzeFolder(str(folder), str(model_dir), "pub_brain_5", outputFolder=tmp_path / "out",
+    table = logic.analyzeFolder(str(folder), str(tiny_model_dir), "pub_brain_5", outputFolder=tmp_path / "out",
                                 device="cpu")
 
     # the table node against report.json
@@ -199,13 +188,13 @@ def test_analyze_folder_loads_the_used_series_with_their_dicom_geometry(mrml_app
 
 
 @pytest.mark.slow
-def test_analyze_nonblocking_and_cancel_leaves_scene_unchanged(mrml_app, slicer_module, model_dir, tmp_path):
+def test_analyze_nonblocking_and_cancel_leaves_scene_unchanged(mrml_app, slicer_module, tiny_model_dir, tmp_path):
     _, nodes = add_study()
     logic = slicer_module.HLIPSlicerLogic(pythonExecutable=sys.executable)
     logic.workerEnvironment = {"HLIP_WORKER_PAUSE_S": "1.0"}  # slow the worker down so the cancel lands mid-run
     before = slicer.mrmlScene.GetNumberOfNodes()
     done = []
-    run = logic.analyzeVolumes(nodes, str(model_dir), "pub_brain_5", device="cpu", blocking=False,
+    run = logic.analyzeVolumes(nodes, str(tiny_model_dir), "pub_brain_5", device="cpu", blocking=False,
                                completedCallback=done.append)
     assert logic.isRunning()
     deadline = time.monotonic() + 120

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("PySide6")
 from slicer_env import ARTIFACTS, mrml_app, slicer_module  # noqa: F401,E402
-from test_slicer_logic import add_study, model_dir  # noqa: F401,E402
+from test_slicer_logic import add_study  # noqa: E402
 
 import slicer  # noqa: E402
 
@@ -110,10 +110,10 @@ def test_dicom_folder_input(panel, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_panel_analyze_results_overlay_and_cancel(panel, qtbot, model_dir, tmp_path):
+def test_panel_analyze_results_overlay_and_cancel(panel, qtbot, tiny_model_dir, tmp_path):
     widget, nodes = panel
     ui = widget.ui
-    widget.addLocalModel(str(model_dir))
+    widget.addLocalModel(str(tiny_model_dir))
     assert "Ready" in ui.modelStatusLabel.text()
     ui.deviceSelector.setCurrentIndex(ui.deviceSelector.findText("cpu"))
     qtbot.mouseClick(ui.analyzeButton, slicer_qt().Qt.LeftButton)

@@ -436,17 +436,11 @@ class HLIPSlicerTest(ScriptedLoadableModuleTest):
     def makeTinyModel(folder: Path) -> Path:
         """A random-weight tiny_multiscan_h3 model with a small WordPiece tokenizer, as `hlip convert` writes it."""
         import torch
-        from transformers import BertTokenizerFast
         from HLIPCore.model import create_model
         from HLIPCore.model.checkpoint import convert_checkpoint
-        words = ("no significant abnormalities acute stroke glioma meningioma metastasis this mri study shows "
-                 "mass lesion normal brain not").split()
-        chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,:;-()'/"))
-        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + chars + [f"##{c}" for c in chars]
-        tok = folder / "tokenizer"
-        tok.mkdir(parents=True, exist_ok=True)
-        (tok / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        BertTokenizerFast(vocab_file=str(tok / "vocab.txt"), do_lower_case=True).save_pretrained(str(tok))
+        from HLIPCore.training.vocab import build_wordpiece_tokenizer
+        prompts = "This MRI study shows: No significant abnormalities, Acute stroke, Glioma, Meningioma, Metastasis."
+        tok = build_wordpiece_tokenizer([prompts], folder / "tokenizer", vocab_size=256)
         torch.manual_seed(0)
         torch.save(create_model("tiny_multiscan_h3").state_dict(), folder / "tiny.pt")
         return convert_checkpoint(folder / "tiny.pt", "tiny_multiscan_h3", folder / "tiny", tokenizer=tok)

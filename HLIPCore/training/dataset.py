@@ -5,9 +5,11 @@ is used when `study` is absent), `report` (text), and optionally `label` (one va
 `labels` ({task: class} or {task: [classes]} for multilabel tasks). Paths are relative to the manifest file.
 
 Batching (a choice): the trunk needs one scan count per forward pass, and studies differ in scan count. Every
-study of a global batch contributes k = min(max_scans_train, fewest scans in that global batch) distinct
-scans, drawn at random. The reference repeats scans up to a fixed count instead; on a CPU that spends compute on
-duplicates, and k depends only on the global batch, so 1 process x 4 studies and 2 processes x 2 see the same data.
+study of a global batch contributes k = min(max_scans_train, most scans in that global batch) scans: k distinct
+ones drawn at random when it has that many, else all of its scans plus random repeats (as the reference pads by
+repetition). Taking the fewest instead would drop, for most studies, the very sequence that shows their finding
+(a meningioma is only seen on contrast T1) while the report still names it. k depends only on the global batch,
+so 1 process x 4 studies and 2 processes x 2 see the same data.
 
 Augmentations keep the study structure: a random subset and order of the study's scans (the reference's
 augmentation), and per scan a random intensity scale and shift in normalised units. No flips: reports name the
@@ -152,9 +154,13 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 def augment_study(scans: torch.Tensor, k: int, gen: torch.Generator, scale: float = 0.0, shift: float = 0.0,
                   shuffle: bool = True) -> torch.Tensor:
-    """k distinct scans of a [N, 1, D, H, W] study in random order, each with a random intensity scale/shift."""
+    """k scans of a [N, 1, D, H, W] study in random order (all N plus random repeats when N < k), each with a
+    random intensity scale/shift."""
     n = scans.shape[0]
     order = torch.randperm(n, generator=gen)[:k] if shuffle else torch.arange(min(k, n))
+    if n < k:  # pad by repetition: every scan is seen, the batch keeps one scan count
+        extra = torch.randint(n, (k - n,), generator=gen)
+        order = torch.cat([order, extra])[torch.randperm(k, generator=gen)] if shuffle else torch.cat([order, extra])
     out = scans[order]
     if scale or shift:
         s = 1.0 + (torch.rand(k, generator=gen) * 2 - 1) * scale
@@ -223,7 +229,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
         for step in range(self.start_step, self.total_steps):
             epoch = step // self.steps_per_epoch
             batch = self.global_batch_at(step)
-            k = min([self.max_scans] + [self.dataset.num_scans(i) for i in batch])
+            k = min(self.max_scans, max(self.dataset.num_scans(i) for i in batch))
             per_rank = self.accum * self.batch_size
             mine = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
             for j in range(self.accum):

@@ -8,6 +8,7 @@ def add_parser(sub):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", help="tokenizer folder or hub name to copy into the folder")
     p.add_argument("--id", dest="model_id", help="model id recorded in config.json")
+    p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the file size)")
     p.set_defaults(func=run)
 
 
@@ -19,6 +20,7 @@ def run(args) -> int:
 
     ckpt = Path(args.checkpoint)
     config = args.config if ckpt.is_dir() else _config_for_file(ckpt, args.config)
-    out = convert_checkpoint(ckpt, config, args.out, tokenizer=args.tokenizer, model_id=args.model_id)
+    out = convert_checkpoint(ckpt, config, args.out, tokenizer=args.tokenizer, model_id=args.model_id,
+                             half=args.fp16)
     print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}" + (" and tokenizer files" if args.tokenizer else ""))
     return 0

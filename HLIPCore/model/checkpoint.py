@@ -132,22 +132,28 @@ def save_torch_atomic(obj, path: Union[str, Path]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def save_safetensors(model: torch.nn.Module, path: Union[str, Path], metadata: Optional[dict] = None) -> Path:
+def save_safetensors(model: torch.nn.Module, path: Union[str, Path], metadata: Optional[dict] = None,
+                     half: bool = False) -> Path:
+    """`half` stores floating-point weights as float16 (half the size; loading casts them back to the model's
+    dtype)."""
     from safetensors.torch import save_file
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
              if not k.endswith(IGNORED_SUFFIXES)}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def convert_checkpoint(checkpoint: Union[str, Path], config: Union[str, dict], out_dir: Union[str, Path],
-                       tokenizer: Optional[Union[str, Path]] = None, model_id: Optional[str] = None) -> Path:
+                       tokenizer: Optional[Union[str, Path]] = None, model_id: Optional[str] = None,
+                       half: bool = False) -> Path:
     """Write `model.safetensors` + `config.json` (+ tokenizer files) that `create_model(out_dir)` loads."""
     from .factory import create_model, create_tokenizer, get_model_config
     cfg = config if isinstance(config, dict) else get_model_config(config)
     model = create_model(cfg, checkpoint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(model, out_dir / "model.safetensors", metadata={"format": "pt"})
+    save_safetensors(model, out_dir / "model.safetensors", metadata={"format": "pt"}, half=half)
     meta = {"model_id": model_id or (config if isinstance(config, str) else None),
             "source": Path(checkpoint).name, "model_cfg": cfg}
     atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))

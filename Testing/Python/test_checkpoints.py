@@ -119,6 +119,17 @@ def test_convert_then_reload_gives_identical_outputs(tmp_path, tiny_model, token
         assert torch.equal(reloaded.encode_text(ids), tiny_model.encode_text(ids))
 
 
+def test_half_precision_export_reloads_in_fp32(tmp_path, tiny_model):
+    torch.save(tiny_model.state_dict(), tmp_path / "ckpt.pt")
+    out = convert_checkpoint(tmp_path / "ckpt.pt", "tiny_multiscan_h3", tmp_path / "half", half=True)
+    reloaded = create_model(out)
+    assert reloaded.visual.trunk.cls_token.dtype == torch.float32
+    x = torch.randn(1, 2, 1, 16, 64, 64)
+    with torch.no_grad():
+        a, b = tiny_model.eval().encode_image(x), reloaded.encode_image(x)
+    assert torch.nn.functional.cosine_similarity(a, b).item() > 0.999
+
+
 def test_hlip_convert_cli_in_a_child_process(tmp_path, tiny_model, tokenizer_dir):
     torch.save(tiny_model.state_dict(), tmp_path / "bare.pt")
     cmd = [sys.executable, "-m", "HLIPCore.cli.main", "convert", str(tmp_path / "bare.pt"), "--out", str(tmp_path / "m"),

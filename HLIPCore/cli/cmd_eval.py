@@ -15,6 +15,9 @@ def add_parser(sub):
     p.add_argument("--device", default="auto")
     p.add_argument("--max-scans", type=int, default=40)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--pointing", metavar="TASK", nargs="?", const="disease",
+                   help="also play the pointing game on studies with a lesion mask: is the map peak of the true "
+                        "class of TASK (default: disease) inside the lesion?")
     p.set_defaults(func=run)
 
 
@@ -43,6 +46,15 @@ def run(args) -> int:
     print(format_table(result))
     if result["failed"]:
         print(f"{len(result['failed'])} study(ies) could not be read: {', '.join(result['failed'][:5])}")
+    if args.pointing:
+        from ..analyze import AnalyzeOptions, Analyzer
+        from ..training.pointing import pointing_game
+        analyzer = Analyzer(AnalyzeOptions(model=args.model, config=args.config, tokenizer=args.tokenizer,
+                                           prompts=args.prompts, device=args.device, precision=args.dtype))
+        game = pointing_game(analyzer, entries, task=args.pointing, progress=not args.no_progress)
+        print(f"pointing game ({args.pointing}, map peak inside the lesion; {game.pop('n')} lesion studies):")
+        for cls, value in game.items():
+            print(f"  {cls:<14} {value:.3f}" if value is not None else f"  {cls:<14} -")
     if args.out:
         print(f"wrote {Path(args.out) / 'eval.json'} and eval_predictions.csv")
     return 0

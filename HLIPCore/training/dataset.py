@@ -42,6 +42,7 @@ class ManifestEntry:
     label: Optional[str] = None
     labels: Dict[str, Union[str, List[str]]] = field(default_factory=dict)
     line: int = 0
+    mask: Optional[Path] = None       # ground-truth lesion mask (NIfTI, 1 = lesion) for the pointing game
 
     @property
     def name(self) -> str:
@@ -74,7 +75,9 @@ def read_manifest(path: Union[str, Path], need_report: bool = True) -> List[Mani
         if not isinstance(labels, dict):
             raise InputError(f"{path}:{number}: 'labels' must map task -> class")
         label = row.get("label")
-        entries.append(ManifestEntry(study, str(report), None if label is None else str(label), labels, number))
+        mask = (path.parent / row["mask"]).resolve() if row.get("mask") else None
+        entries.append(ManifestEntry(study, str(report), None if label is None else str(label), labels, number,
+                                     mask))
     if not entries:
         raise InputError(f"{path}: manifest lists no studies")
     return entries

@@ -130,3 +130,24 @@ def test_hlip_analyze_cli_on_real_dicom(tiny_model_dir, tmp_path):
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["scans"] and {m["class"] for m in report["maps"]} == {"Glioma"}
     assert "Doe" not in (tmp_path / "cli" / "report.json").read_text()
+
+
+def test_pointing_game_looks_up_the_map_peak_in_the_mask(tiny_model_dir, study_dir, tmp_path):
+    """The peak found on the original voxels is a real point of the study; a mask around it scores a hit."""
+    import nibabel as nib
+    from HLIPCore.training.dataset import ManifestEntry
+    from HLIPCore.training.pointing import _lesion_at, hottest_point, pointing_game
+    analyzer = Analyzer(options(tiny_model_dir))
+    ras = hottest_point(analyzer, study_dir, ("disease", "Glioma"))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = ras - 10.0  # a 2 mm grid whose voxel (5, 5, 5) is the peak
+    hit = np.zeros((11, 11, 11), np.uint8)
+    hit[4:7, 4:7, 4:7] = 1
+    nib.save(nib.Nifti1Image(hit, affine), tmp_path / "hit.nii.gz")
+    nib.save(nib.Nifti1Image(1 - hit, affine), tmp_path / "miss.nii.gz")
+    assert _lesion_at(tmp_path / "hit.nii.gz", ras) and not _lesion_at(tmp_path / "miss.nii.gz", ras)
+    entries = [ManifestEntry([study_dir], label="glioma", mask=tmp_path / "hit.nii.gz"),
+               ManifestEntry([study_dir], label="glioma", mask=tmp_path / "miss.nii.gz"),
+               ManifestEntry([study_dir], label="normal", mask=tmp_path / "hit.nii.gz")]
+    result = pointing_game(analyzer, entries)
+    assert result == {"Glioma": 0.5, "all": 0.5, "n": 2}

@@ -1,0 +1,59 @@
+"""Pointing game: does the attention map's hottest voxel fall inside the ground-truth lesion?
+
+For each labelled study with a mask, the map of its true class (in `task`) is computed exactly as `hlip analyze`
+computes it (same preprocessing, gradient-weighted attention, mapping back to each scan's original voxels); the
+voxel with the highest value over all scans is taken to RAS millimetres through its scan's affine and looked up
+in the lesion mask (NIfTI, any grid; 1 = lesion). Studies whose class is not a lesion class are not counted.
+"""
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .. import attention_maps
+from ..data import load_study, preprocess_study, select_scans
+from ..model.precision import autocast
+
+
+def _lesion_at(mask_path, ras: np.ndarray) -> bool:
+    import nibabel as nib
+    image = nib.load(str(mask_path))
+    ijk = np.linalg.inv(image.affine) @ np.append(ras, 1.0)
+    index = tuple(int(round(v)) for v in ijk[:3])
+    data = np.asanyarray(image.dataobj)
+    if any(i < 0 or i >= n for i, n in zip(index, data.shape[:3])):
+        return False
+    return bool(data[index] == 1)
+
+
+def hottest_point(analyzer, source, target) -> np.ndarray:
+    """RAS (mm) of the maximum of `target`'s map over all scans of the study, on the original voxels."""
+    study = select_scans(load_study(source, analyzer.options.load), analyzer.options.selection)
+    prepared = preprocess_study(study, analyzer.preprocess)
+    with autocast(analyzer.device, analyzer.precision):
+        _, maps = attention_maps.gradcam(analyzer.model, analyzer.classifier, prepared.tensor[None].to(analyzer.device),
+                                         lambda features: [target])
+    volumes = analyzer.maps_on_original_voxels(maps, prepared)[target]
+    best = int(np.argmax([v.max() for v in volumes]))
+    k, j, i = np.unravel_index(int(np.argmax(volumes[best])), volumes[best].shape)
+    return (np.asarray(study.scans[best].affine) @ np.array([i, j, k, 1.0]))[:3]
+
+
+def pointing_game(analyzer, entries: List, task: str = "disease", normal_class: str = "Normal",
+                  progress: bool = False) -> Dict[str, Optional[float]]:
+    """{class: fraction of its studies whose map peak is in the lesion, ..., 'all': over every lesion study}."""
+    from tqdm import tqdm
+    classes = {c.name.lower(): c.name for c in analyzer.prompt_set.task(task).classes}
+    hits: Dict[str, List[bool]] = {}
+    for entry in tqdm(entries, desc="pointing game", disable=not progress):
+        cls = classes.get(str(entry.labels.get(task, entry.label or "")).lower())
+        if entry.mask is None or cls is None or cls == normal_class:
+            continue
+        source = entry.study[0] if len(entry.study) == 1 else [str(p) for p in entry.study]
+        ras = hottest_point(analyzer, source, (task, cls))
+        hits.setdefault(cls, []).append(_lesion_at(entry.mask, ras))
+    result = {cls: float(np.mean(h)) for cls, h in sorted(hits.items())}
+    every = [h for hs in hits.values() for h in hs]
+    result["all"] = float(np.mean(every)) if every else None
+    result["n"] = len(every)
+    return result

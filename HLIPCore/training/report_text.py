@@ -3,6 +3,7 @@
 Radiology reports put the answer last (IMPRESSION) after long EXAMINATION/TECHNIQUE sections, and a small text
 tower reads at most `context_length` tokens: with the full report the impression is often cut off. Modes:
   full               the report as written
+  impression         IMPRESSION only (short, closest to zero-shot prompts; FINDINGS when there is none)
   impression_first   IMPRESSION, then FINDINGS; other sections dropped
   sections           per sample, one of: IMPRESSION, FINDINGS, IMPRESSION + FINDINGS (text augmentation)
 A report without recognisable sections is used as written.
@@ -12,7 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
-MODES = ("full", "impression_first", "sections")
+MODES = ("full", "impression", "impression_first", "sections")
 _HEADER = re.compile(r"^\s*([A-Z][A-Z /&-]{2,40}):\s*", re.MULTILINE)
 
 
@@ -37,6 +38,8 @@ def report_text(report: str, mode: str = "full", gen: Optional[torch.Generator] 
         return report
     views = [v for v in (impression, findings) if v]
     both = " ".join(views)
+    if mode == "impression":
+        return impression or findings
     if mode == "impression_first":
         return both
     choices = views + ([both] if len(views) == 2 else [])

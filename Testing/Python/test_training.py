@@ -237,6 +237,7 @@ def test_report_text_modes_keep_the_impression():
     assert set(split_sections(report)) == {"EXAMINATION", "TECHNIQUE", "FINDINGS", "IMPRESSION"}
     assert report_text(report, "full") == report
     assert report_text(report, "impression_first") == "Left frontal glioma. A mass in the left frontal lobe."
+    assert report_text(report, "impression") == "Left frontal glioma."
     gen = torch.Generator().manual_seed(0)
     seen = {report_text(report, "sections", gen) for _ in range(40)}
     assert seen == {"Left frontal glioma.", "A mass in the left frontal lobe.",

@@ -47,10 +47,13 @@ def layout_flops(v: dict, scans: int, all_study: bool) -> float:
     patch_vol = v["patch_size"][0] * v["patch_size"][1] * v["patch_size"][2]
     flops = 2.0 * scans * per_scan * patch_vol * c
     layout = ["study"] * len(v["attn_layout"]) if all_study else v["attn_layout"]
-    for level in layout:
+    for index, level in enumerate(layout):
         windows = {"slice": scans * grid[0], "scan": scans, "study": 1}[level]
         length = scans * per_scan // windows + 1  # tokens per window with its class token
         tokens = windows * length
+        if index == len(layout) - 1 and level == "study":  # computed for the class token only (token pooling)
+            flops += 2.0 * tokens * 2 * c * c + 2.0 * (c * c + c * c + 2 * 4 * c * c) + 4.0 * length * c
+            continue
         flops += 2.0 * tokens * (3 * c * c + c * c + 2 * 4 * c * c)  # qkv, proj, mlp
         flops += 4.0 * windows * length * length * c  # q k^T and attn v
     return flops

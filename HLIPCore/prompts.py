@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from .documents import import_yaml, is_yaml, read_document as _read_document
 from .errors import ConfigError
 from .paths import resources_dir
 
@@ -430,37 +431,16 @@ def list_builtin_prompt_sets() -> List[str]:
 
 
 def _is_yaml(path: Path) -> bool:
-    return path.suffix.lower() in (".yaml", ".yml")
+    return is_yaml(path)
 
 
 def _import_yaml(path: Path):
-    try:
-        import yaml  # noqa: PLC0415 - optional dependency
-    except ImportError:
-        raise ConfigError(f"{path}: reading or writing YAML prompt sets needs PyYAML (pip install pyyaml); "
-                          "or use JSON") from None
-    return yaml
+    return import_yaml(path, "prompt set")
 
 
 def read_document(path: Union[str, Path]) -> Any:
-    """Parse a JSON/YAML file into plain Python objects (no validation)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: prompt set file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read prompt set ({exc})") from None
-    if _is_yaml(path):
-        yaml = _import_yaml(path)
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    """Parse a JSON/YAML prompt-set file into plain Python objects (no validation)."""
+    return _read_document(path, "prompt set file")
 
 
 def _resolve(name_or_path: Union[str, os.PathLike]) -> Path:

@@ -29,7 +29,7 @@ def run(args) -> int:
     from ..model.precision import resolve_device
     from ..model.resolve import load_model
     from ..prompts import load_prompt_set
-    from ..training.config import read_document
+    from ..documents import read_document
     from ..training.dataset import StudyCache, read_manifest
     from ..training.evaluate import evaluate, format_table
 
@@ -37,7 +37,7 @@ def run(args) -> int:
     model, tokenizer, resolved = load_model(args.model, config=args.config, tokenizer=args.tokenizer, device=device)
     prompt_set = load_prompt_set(args.prompts)
     entries = read_manifest(args.manifest, need_report=False)
-    labels = read_document(Path(args.labels)) if args.labels else None
+    labels = read_document(Path(args.labels), "label map") if args.labels else None
     with tempfile.TemporaryDirectory(prefix="hlip-eval-") as tmp:
         cache = StudyCache(args.cache_dir or tmp, PreprocessConfig(**resolved.preprocess), max_scans=args.max_scans)
         result = evaluate(model, tokenizer, entries, prompt_set, cache, labels, device, args.dtype,

@@ -5,11 +5,11 @@ relative to the file, so a config and its data can move together.
 """
 import dataclasses
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..documents import read_document
 from ..errors import ConfigError
 
 PATH_KEYS = ("train_manifest", "eval_manifest", "output_dir", "cache_dir", "init_checkpoint")
@@ -161,20 +161,6 @@ def _suggestion(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def read_document(path: Path) -> Any:
-    text = Path(path).read_text()
-    if Path(path).suffix.lower() in (".yaml", ".yml"):
-        import yaml
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-
-
 def parse_overrides(pairs: List[str]) -> dict:
     """`key=value` strings (values parsed as YAML, so numbers, booleans and lists work) -> dict."""
     import yaml
@@ -191,7 +177,7 @@ def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> Tra
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: training config not found")
-    data = read_document(path) or {}
+    data = read_document(path, "training config") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, found {type(data).__name__}")
     cfg = TrainConfig.from_dict(data, path.parent, source=str(path))

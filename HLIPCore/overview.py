@@ -29,8 +29,8 @@ def _tile(image: np.ndarray, heat: np.ndarray, spacing_rc) -> Image.Image:
     tile = Image.fromarray(rgb.astype(np.uint8))
     rows, cols = image.shape
     height = max(1, int(round(rows * spacing_rc[0] / spacing_rc[1])))  # physical aspect ratio
-    tile = tile.resize((cols, height), Image.BILINEAR)
-    tile.thumbnail((TILE, TILE))
+    scale = min(TILE / cols, TILE / height)  # fill the tile, up or down, keeping the physical aspect ratio
+    tile = tile.resize((max(1, int(cols * scale)), max(1, int(height * scale))), Image.BILINEAR)
     canvas = Image.new("RGB", (TILE, TILE))
     canvas.paste(tile, ((TILE - tile.width) // 2, (TILE - tile.height) // 2))
     return canvas

@@ -19,6 +19,11 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
+def _catalog_has(model_id: str) -> bool:
+    from ..catalog import load_catalog
+    return any(entry.id == model_id for entry in load_catalog())
+
+
 def pointing_game(report: dict, out_dir, masks: list) -> bool:
     """True when the hottest voxel of the top class's map (over all scans) lies inside that scan's lesion mask."""
     import nibabel as nib
@@ -39,6 +44,21 @@ def pointing_game(report: dict, out_dir, masks: list) -> bool:
     return mask is not None and bool(mask[ijk[2], ijk[1], ijk[0]] == 1)  # 1 = lesion (2 = oedema)
 
 
+def untrained_stand_in(folder, texts):
+    """A small model folder with RANDOM weights (config small_multiscan_h2) and a vocabulary from `texts`: lets the
+    demo show the whole chain while no trained demo model is bundled. Its scores mean nothing."""
+    import torch
+
+    from ..model import create_model
+    from ..model.checkpoint import convert_checkpoint
+    from ..training.vocab import build_wordpiece_tokenizer
+    tokenizer = build_wordpiece_tokenizer(texts, folder / "tokenizer", vocab_size=1024)
+    torch.manual_seed(0)
+    torch.save(create_model("small_multiscan_h2").state_dict(), folder / "random.pt")
+    return convert_checkpoint(folder / "random.pt", "small_multiscan_h2", folder / "model", tokenizer=tokenizer,
+                              model_id="untrained-stand-in")
+
+
 def run(args) -> int:
     import time
     from pathlib import Path
@@ -52,7 +72,17 @@ def run(args) -> int:
     paths = write_study(phantom, out / "study", formats=("dicom",))
     print(f"synthetic study: {len(phantom.series)} MR series written as DICOM to {paths['dicom']} "
           f"(truth: {phantom.label})")
-    analyzer = Analyzer(AnalyzeOptions(model=args.model, prompts=args.prompts, precision=args.dtype, attention="top"))
+    model = args.model
+    if model == "hlip-demo" and not _catalog_has(model):
+        from ..prompts import load_prompt_set
+        prompt_set = load_prompt_set(args.prompts)
+        texts = [phantom.report] + [t for task in prompt_set.tasks for c in task.classes
+                                    for t in c.texts(task.effective_templates(prompt_set.templates))]
+        model = str(untrained_stand_in(out / "untrained-model", texts))
+        print("NOTE: no trained demo model is bundled in this version (Resources/models.json has no 'hlip-demo').\n"
+              "      The demo runs the whole chain with a small model of RANDOM weights: the outputs show what an\n"
+              "      analysis produces, but the scores and maps mean nothing. Give a real model with --model.")
+    analyzer = Analyzer(AnalyzeOptions(model=model, prompts=args.prompts, precision=args.dtype, attention="top"))
     report = analyzer.analyze(paths["dicom"], out / "result", name="demo_study")
     # scans are read back from DICOM in their own order: match each to the phantom series by description
     by_description = {s.description: s.mask for s in phantom.series}

@@ -39,6 +39,12 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    import zipfile
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # torch.save writes a zip (or a pickle)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip nor a pickle; "
+                              "random or truncated bytes?)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors come in many types

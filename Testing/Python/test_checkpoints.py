@@ -82,7 +82,7 @@ def test_wrong_config_error_names_the_config_that_fits(tmp_path, tiny_model):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("content, reason", [(b"", "not a readable"), (b"\x00garbage" * 50, "not a readable")])
+@pytest.mark.parametrize("content, reason", [(b"", "not a PyTorch checkpoint"), (b"\x00garbage" * 50, "random or truncated")])
 def test_corrupt_checkpoint_gives_clear_error(tmp_path, content, reason):
     path = tmp_path / "broken.pt"
     path.write_bytes(content)
@@ -157,3 +157,12 @@ def test_tokenizer_from_local_folder_offline(tokenizer_dir, monkeypatch):
     assert ids[0, 0].item() == tokenizer.tokenizer.cls_token_id and ids.shape[1] <= 64
     with pytest.raises(ConfigError, match="tokenizer"):
         create_tokenizer("tiny_multiscan_h3", tokenizer_dir / "missing")
+
+
+def test_truncated_checkpoint_names_the_file_and_the_problem(tmp_path, tiny_model):
+    full = tmp_path / "full.pt"
+    torch.save(tiny_model.state_dict(), full)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # an interrupted download or copy
+    with pytest.raises(CheckpointError, match=r"cut\.pt: not a PyTorch checkpoint.*truncated"):
+        create_model("tiny_multiscan_h3", cut)

@@ -1,4 +1,4 @@
-"""`hlip demo [--out DIR]`: make a synthetic brain-MRI study, analyse it with the bundled demo model, show the answer.
+"""`hlip demo [--out DIR]`: make a synthetic brain-MRI study, analyse it with the demo model, show the answer.
 
 The study is a phantom (HLIPCore.phantoms) with a seed never used in the demo model's training, written as DICOM
 series like a scanner export; the analysis is exactly what `hlip analyze` does. Because the phantom's truth is
@@ -8,7 +8,7 @@ DEMO_SEED = 90_000_017  # not among the training studies (their seeds are hashes
 
 
 def add_parser(sub):
-    p = sub.add_parser("demo", help="analyse a synthetic brain-MRI study with the bundled demo model")
+    p = sub.add_parser("demo", help="analyse a synthetic brain-MRI study with the demo model (or a labelled random stand-in)")
     p.add_argument("--out", default="hlip-demo-output", help="output folder (default: ./hlip-demo-output)")
     p.add_argument("--label", default="glioma", choices=["normal", "stroke", "glioma", "meningioma", "metastasis"],
                    help="pathology of the synthetic study (default: glioma)")

@@ -61,4 +61,5 @@ def select_scans(study: Study, selection: Optional[ScanSelection] = None) -> Stu
 
 
 def _name(scan) -> str:
-    return f"{scan.modality} '{scan.description}' ({scan.series_uid})"
+    # no series UID: it is a DICOM identifier, and reports and logs carry none
+    return f"{scan.modality} '{scan.description}' ({'x'.join(str(n) for n in scan.shape)})"

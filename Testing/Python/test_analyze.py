@@ -151,3 +151,18 @@ def test_pointing_game_looks_up_the_map_peak_in_the_mask(tiny_model_dir, study_d
                ManifestEntry([study_dir], label="normal", mask=tmp_path / "hit.nii.gz")]
     result = pointing_game(analyzer, entries)
     assert result == {"Glioma": 0.5, "all": 0.5, "n": 2}
+
+
+def test_single_scan_model_takes_the_scan_with_most_slices(tmp_path, tokenizer_dir, study_dir):
+    """A chest-CT-like single-scan model on a two-series study: the longer series is used, the other is skipped."""
+    from HLIPCore.model import create_model, get_model_config
+    from HLIPCore.model.checkpoint import convert_checkpoint
+    cfg = get_model_config("tiny_multiscan_h3")
+    cfg["vision_cfg"]["max_num_scans"] = 1
+    torch.manual_seed(0)
+    model = create_model(cfg)
+    torch.save(model.state_dict(), tmp_path / "single.pt")
+    folder = convert_checkpoint(tmp_path / "single.pt", cfg, tmp_path / "single", tokenizer=tokenizer_dir)
+    report = Analyzer(options(folder, attention="none")).analyze(study_dir, tmp_path / "out")
+    assert [s["description"] for s in report["scans"]] == ["T1 AX"]  # 12 slices against T2 SAG's 10
+    assert any("more than 1 scans" in k["reason"] for k in report["skipped"])

@@ -44,7 +44,7 @@ def select_scans(study: Study, selection: Optional[ScanSelection] = None) -> Stu
         elif scan.shape[0] < sel.min_slices:
             reason = f"{scan.shape[0]} slices, fewer than {sel.min_slices}"
         if reason:
-            skipped.append(SkippedSeries(_name(scan), "not selected: " + reason))
+            skipped.append(SkippedSeries(_name(scan), "not selected: " + reason, scan.series_uid))
         else:
             kept.append(scan)
     if len(kept) > sel.max_scans:
@@ -55,7 +55,8 @@ def select_scans(study: Study, selection: Optional[ScanSelection] = None) -> Stu
             chosen = [kept[n] for n in idx]
         for scan in kept:
             if not any(scan is c for c in chosen):
-                skipped.append(SkippedSeries(_name(scan), f"not selected: more than {sel.max_scans} scans"))
+                skipped.append(SkippedSeries(_name(scan), f"not selected: more than {sel.max_scans} scans",
+                                             scan.series_uid))
         kept = chosen
     return Study(scans=kept, skipped=skipped)
 

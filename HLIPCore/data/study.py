@@ -20,6 +20,7 @@ class SkippedSeries:
     """A series or file that was not used, with a one-line reason."""
     source: str
     reason: str
+    series_uid: str = ""  # for callers that match skipped scans back to their inputs; never printed or reported
 
     def __str__(self) -> str:
         return f"{self.source}: {self.reason}"

@@ -125,9 +125,8 @@ def plan_scans(volume_nodes: Sequence, selection=None) -> Tuple[List[PlannedScan
         chosen = select_scans(Study(scans=scans), selection)
         keep = {s.series_uid for s in chosen.scans}
         by_uid = {s.series_uid: s.description for s in scans}
-        for reason in chosen.skipped:  # source reads "MOD 'description' (series uid)"; the uid is the node ID
-            uid = reason.source.rsplit("(", 1)[-1].rstrip(")")
-            skipped.append(SkippedVolume(by_uid.get(uid, reason.source), reason.reason))
+        for reason in chosen.skipped:  # the scans' series_uid is the node ID
+            skipped.append(SkippedVolume(by_uid.get(reason.series_uid, reason.source), reason.reason))
         used = [p for p in used if p.node.GetID() in keep]
     return used, skipped
 

@@ -142,6 +142,9 @@ def test_panel_analyze_results_overlay_and_cancel(panel, qtbot, tiny_model_dir, 
     overlay = slicer.mrmlScene.GetNodeByID(composite.GetForegroundVolumeID())
     assert overlay.GetAttribute("HLIP.Class") == rows[other]["class"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # as in Slicer's module panel (a scroll area), the panel gets at least its size hint: no squeezed layouts
+    hint = widget.parent.sizeHint()
+    widget.parent.resize(max(460, hint.width()), max(1100, hint.height()))
     assert widget.parent.grab().save(str(ARTIFACTS / "hlip_panel.png"))
 
     # run again and cancel: the button turns back, nothing is added to the scene

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from ..errors import InputError
 from .dicom import dicomdir_files, read_dicom

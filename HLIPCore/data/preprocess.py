@@ -15,7 +15,7 @@ Every result carries a TransformRecord whose `to_original` sends model-grid maps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch

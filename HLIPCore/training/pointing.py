@@ -8,7 +8,6 @@ in the lesion mask (NIfTI, any grid; 1 = lesion). Studies whose class is not a l
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
 
 from .. import attention_maps
 from ..data import load_study, preprocess_study, select_scans

@@ -19,21 +19,13 @@ MAP_REF = "HLIPMap"                      # table -> loaded map volumes
 FOLDER_ATTR = "HLIP.ResultFolder"
 
 
-def _strings(name: str, values):
+def _column(name: str, values, numeric: bool = False):
+    """A named vtkDoubleArray (numeric) or vtkStringArray holding `values`, for a table node column."""
     import vtk
-    array = vtk.vtkStringArray()
+    array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
     array.SetName(name)
     for v in values:
-        array.InsertNextValue(str(v))
-    return array
-
-
-def _doubles(name: str, values):
-    import vtk
-    array = vtk.vtkDoubleArray()
-    array.SetName(name)
-    for v in values:
-        array.InsertNextValue(float(v))
+        array.InsertNextValue(float(v) if numeric else str(v))
     return array
 
 
@@ -54,11 +46,11 @@ def build_table(report: dict, output_folder: Path, input_nodes, name: Optional[s
     table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode",
                                                slicer.mrmlScene.GenerateUniqueName(name or "HLIP scores"))
     t = table.GetTable()
-    t.AddColumn(_strings(COLUMNS[0], [r[0] for r in rows]))
-    t.AddColumn(_strings(COLUMNS[1], [r[1] for r in rows]))
-    t.AddColumn(_doubles(COLUMNS[2], [r[2] for r in rows]))
-    t.AddColumn(_strings(COLUMNS[3], ["yes" if r[3] else "" for r in rows]))
-    t.AddColumn(_strings(COLUMNS[4], ["yes" if r[4] else "" for r in rows]))
+    t.AddColumn(_column(COLUMNS[0], [r[0] for r in rows]))
+    t.AddColumn(_column(COLUMNS[1], [r[1] for r in rows]))
+    t.AddColumn(_column(COLUMNS[2], [r[2] for r in rows], numeric=True))
+    t.AddColumn(_column(COLUMNS[3], ["yes" if r[3] else "" for r in rows]))
+    t.AddColumn(_column(COLUMNS[4], ["yes" if r[4] else "" for r in rows]))
     table.SetUseColumnTitleAsColumnHeader(True)
     table.SetLocked(True)  # results are not meant to be edited by hand
     table.SetAttribute(ATTR_ROLE, "result")

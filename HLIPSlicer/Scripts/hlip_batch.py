@@ -11,7 +11,6 @@ several paths. Any other option is passed to `hlip analyze` (--device, --dtype, 
 Exit code: 0 all studies analysed, 1 some failed (the others are done), 2 usage or model error.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 

@@ -163,13 +163,13 @@ def _suggestion(word: str, choices) -> str:
 
 def parse_overrides(pairs: List[str]) -> dict:
     """`key=value` strings (values parsed as YAML, so numbers, booleans and lists work) -> dict."""
-    import yaml
+    from ..documents import yaml_load
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        out[key.strip()] = yaml_load(value) if value.strip() else None
     return out
 
 

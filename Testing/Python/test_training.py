@@ -100,6 +100,14 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.betas == (0.9, 0.95)
 
 
+def test_learning_rates_written_without_a_dot_are_numbers(tmp_path):
+    """PyYAML alone reads `5e-4` as the string '5e-4' (YAML 1.1), which the config would then reject."""
+    from HLIPCore.training.config import parse_overrides
+    (tmp_path / "c.yaml").write_text("train_manifest: m.jsonl\nsteps: 5\nlr: 5e-4\nwd: 1E-2\nmodel_id: run1\n")
+    cfg = load_config(tmp_path / "c.yaml", parse_overrides(["warmup=10", "eps=1e-8"]))
+    assert (cfg.lr, cfg.wd, cfg.eps, cfg.warmup, cfg.model_id) == (5e-4, 1e-2, 1e-8, 10, "run1")
+
+
 def test_parameter_groups_follow_the_reference(tiny_model):
     from HLIPCore.training.optim import cosine_lr, param_groups
     groups = param_groups(tiny_model, 0.2)

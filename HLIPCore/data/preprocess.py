@@ -2,7 +2,8 @@
 
 MRI (reference: data/pub_brain_5/*/process.py, hlip_test/inference_pub_brain_5.py):
   reorient to RPI -> through-plane axis first (coronal/sagittal acquisitions; stroke/process.py) -> clip to the
-  0.5-99.5 percentiles and min-max to [0, 1] -> pad H, W to a square -> bilinear resize to resize_hw^2 ->
+  0.5-99.5 percentiles and min-max to [0, 1] -> pad H, W to a square -> bilinear resize to resize_hw^2 (256 for
+  the reference's 224 grid; img_size * 256/224 for others) ->
   nearest-exact resample of depth to num_slices -> centre crop H, W to img_size[1:] -> (x - 0.449) / 0.226.
 CT (reference: data/ct_rate/process.py, hlip_test/inference_rad_chestct.py):
   [choice: reorient to RPI and through-plane first, as MRI; the reference reads curated NIfTI as stored and does not
@@ -32,7 +33,9 @@ class PreprocessConfig:
     mode: str = "auto"                          # 'mri', 'ct', or 'auto': 'ct' for CT scans, 'mri' for all others
     img_size: Tuple[int, int, int] = (48, 224, 224)  # (D, H, W) of the model grid
     num_slices: Optional[int] = None            # tensor depth; None = img_size[0]
-    resize_hw: int = 256                        # MRI: square side before the centre crop to img_size[1:]
+    resize_hw: Optional[int] = None             # MRI: square side before the centre crop to img_size[1:];
+    #   None = img_size * 256/224: the reference's 256 -> 224 keeps 7/8 of the field of view on any grid (a fixed
+    #   256 would leave a 128 grid only the central half of the head, and most lesions outside it)
     orientation: str = "RPI"                    # axis codes of (W, H, D) after reorientation, as the reference
     through_plane_first: bool = True            # coronal/sagittal acquisitions: largest-spacing axis becomes D
     percentiles: Tuple[float, float] = (0.5, 99.5)
@@ -47,6 +50,11 @@ class PreprocessConfig:
         self.img_size = tuple(int(n) for n in self.img_size)
         if len(self.img_size) != 3:
             raise ValueError(f"img_size must be (D, H, W), not {self.img_size}")
+        if self.resize_hw is None:
+            self.resize_hw = round(max(self.img_size[1:]) * 256 / 224)
+        self.resize_hw = int(self.resize_hw)
+        if self.resize_hw < max(self.img_size[1:]):
+            raise ValueError(f"resize_hw {self.resize_hw} is smaller than the crop {self.img_size[1:]}")
 
     @property
     def depth(self) -> int:

@@ -124,6 +124,19 @@ def test_to_original_is_zero_outside_the_cropped_field_of_view():
     assert 0.7 < back.mean() < 0.8  # (224/256)^2 = 0.766
 
 
+@pytest.mark.parametrize("grid", [224, 128, 64])
+def test_every_grid_keeps_seven_eighths_of_the_field_of_view(grid):
+    """A small model grid sees the same head as the reference's 224 (a fixed resize to 256 would give a 128 grid
+    only the central half, with most lesions outside it)."""
+    scan = Scan(np.ones((10, 300, 300), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "MR")
+    cfg = PreprocessConfig(mode="mri", img_size=(16, grid, grid))
+    back = preprocess_scan(scan, cfg).record.to_original(torch.ones(16, grid, grid))
+    assert abs(float(back.mean()) - (7 / 8) ** 2) < 0.02
+    assert PreprocessConfig(img_size=(16, grid, grid), resize_hw=300).resize_hw == 300
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        PreprocessConfig(img_size=(16, grid, grid), resize_hw=grid - 1)
+
+
 def test_num_slices_sets_the_tensor_depth_and_maps_back():
     scan = Scan(np.random.default_rng(0).random((30, 40, 40), dtype=np.float32), np.eye(4), "MR")
     cfg = PreprocessConfig(mode="mri", img_size=(48, 224, 224), num_slices=144)

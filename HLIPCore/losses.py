@@ -54,3 +54,15 @@ class SigLipLoss(nn.Module):
 
 def create_loss(siglip: bool = False) -> nn.Module:
     return SigLipLoss() if siglip else ClipLoss()
+
+
+def token_class_loss(logits: torch.Tensor, targets: torch.Tensor, normal_index: int) -> torch.Tensor:
+    """Cross-entropy of per-token class logits [B, L, C] against targets [B, ...] (L values per study; -1 =
+    ignore), averaged over lesion tokens and over normal tokens separately, then the two means averaged: lesions
+    are a few percent of the tokens and would otherwise hardly count."""
+    t = targets.reshape(targets.shape[0], -1)
+    valid = t >= 0
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), t.clamp(min=0).reshape(-1),
+                         reduction="none").view_as(t)
+    parts = [ce[m].mean() for m in (valid & (t != normal_index), valid & (t == normal_index)) if bool(m.any())]
+    return torch.stack(parts).mean() if parts else logits.sum() * 0.0

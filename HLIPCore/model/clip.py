@@ -72,9 +72,17 @@ class HLIPModel(nn.Module):
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = False):
         self.text.lock(unlocked_layers, freeze_layer_norm)
 
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None) -> dict:
+    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
+                return_tokens: bool = False) -> dict:
+        """`return_tokens`: also the trunk's patch tokens after its final norm, `image_tokens` [B, L, width]
+        (for training losses on tokens; costs the last block's full computation)."""
         out = {"logit_scale": self.logit_scale.exp()}
-        if image is not None:
+        if image is not None and return_tokens:
+            trunk = self.visual.trunk
+            tokens = trunk.forward_features(image)
+            out["image_features"] = F.normalize(self.visual.head(trunk.forward_head(tokens)), dim=-1)
+            out["image_tokens"] = tokens[:, trunk.num_prefix_tokens:]
+        elif image is not None:
             out["image_features"] = self.encode_image(image, normalize=True)
         if text is not None:
             out["text_features"] = self.encode_text(text, normalize=True)

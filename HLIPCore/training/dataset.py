@@ -3,6 +3,8 @@
 Manifest: one JSON object per line with `study` (a DICOM folder, NIfTI/NRRD file, or a list of files; `nifti`
 is used when `study` is absent), `report` (text), and optionally `label` (one value, e.g. "glioma") and/or
 `labels` ({task: class} or {task: [classes]} for multilabel tasks). Paths are relative to the manifest file.
+`series_masks` (optional, one lesion mask per scan file of `study`/`nifti`, 0 = background) gives the per-token
+targets of the optional token loss (see loop.py): the phantom generator writes them.
 
 Batching (a choice): the trunk needs one scan count per forward pass, and studies differ in scan count. Every
 study of a global batch contributes k = min(max_scans_train, most scans in that global batch) scans: k distinct
@@ -18,6 +20,7 @@ side of a finding, so a left-right flip would contradict the text.
 Randomness is stateless: sampling for (seed, epoch, study) comes from its own generator, so the data of any step
 is known without replaying earlier steps (exact resume) and does not depend on the process count or workers.
 """
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,6 +46,7 @@ class ManifestEntry:
     labels: Dict[str, Union[str, List[str]]] = field(default_factory=dict)
     line: int = 0
     mask: Optional[Path] = None       # ground-truth lesion mask (NIfTI, 1 = lesion) for the pointing game
+    series_masks: List[Path] = field(default_factory=list)  # one mask per scan file, for token targets
 
     @property
     def name(self) -> str:
@@ -63,7 +67,10 @@ def read_manifest(path: Union[str, Path], need_report: bool = True) -> List[Mani
             raise InputError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
         if not isinstance(row, dict):
             raise InputError(f"{path}:{number}: expected a JSON object")
+        series_masks = [(path.parent / m).resolve() for m in row.get("series_masks") or []]
         source = row.get("study", row.get("nifti"))
+        if series_masks:  # masks are aligned with the scan files: read the study from those files
+            source = row.get("nifti") or source
         if not source:
             raise InputError(f"{path}:{number}: no 'study' (or 'nifti') path")
         files = [source] if isinstance(source, str) else list(source)
@@ -76,8 +83,10 @@ def read_manifest(path: Union[str, Path], need_report: bool = True) -> List[Mani
             raise InputError(f"{path}:{number}: 'labels' must map task -> class")
         label = row.get("label")
         mask = (path.parent / row["mask"]).resolve() if row.get("mask") else None
+        if series_masks and len(series_masks) != len(study):
+            raise InputError(f"{path}:{number}: {len(series_masks)} series_masks for {len(study)} scan files")
         entries.append(ManifestEntry(study, str(report), None if label is None else str(label), labels, number,
-                                     mask))
+                                     mask, series_masks))
     if not entries:
         raise InputError(f"{path}: manifest lists no studies")
     return entries
@@ -105,15 +114,18 @@ class StudyCache:
     augmentation. Writes are atomic, so processes preparing the same study concurrently are harmless.
     """
 
-    def __init__(self, folder: Union[str, Path], preprocess, max_scans: int = 40, selection=None):
+    def __init__(self, folder: Union[str, Path], preprocess, max_scans: int = 40, selection=None,
+                 token_grid: Optional[Sequence[int]] = None):
         self.folder = Path(folder)
+        self.token_grid = tuple(token_grid) if token_grid else None  # patch size: cache lesion fraction per token
         self.preprocess = preprocess
         self.max_scans = max_scans
         self.selection = selection
         self._counts: Dict[str, int] = {}
 
     def key(self, entry: ManifestEntry) -> str:
-        blob = "\n".join([f"format {CACHE_FORMAT}", _source_signature(entry.study), repr(self.preprocess),
+        blob = "\n".join([f"format {CACHE_FORMAT}", _source_signature(entry.study + entry.series_masks),
+                          repr(self.preprocess),
                           f"max_scans {self.max_scans}", repr(self.selection)])
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -142,6 +154,34 @@ class StudyCache:
     def load(self, entry: ManifestEntry) -> torch.Tensor:
         return self.prepare(entry).float()
 
+    def token_targets(self, entry: ManifestEntry) -> Optional[torch.Tensor]:
+        """Fraction of lesion voxels in every token of every scan, [N, D', H', W'] (float16), from the entry's
+        `series_masks` pushed through the same geometric steps as the images; None without masks."""
+        if not (self.token_grid and entry.series_masks):
+            return None
+        from ..data import load_study, preprocess_scan
+        from ..model.checkpoint import save_torch_atomic
+        target = self.path(entry).with_suffix(".tokens.pt")
+        if target.is_file():
+            try:
+                return torch.load(target, map_location="cpu", weights_only=True)
+            except Exception:
+                pass
+        geometric = dataclasses.replace(self.preprocess, percentiles=(0.0, 100.0), mean=0.0, std=1.0)
+        scans = self.prepare(entry)
+        fractions = []
+        for image_file, mask_file in zip(entry.study, entry.series_masks):
+            mask = load_study(mask_file).scans[0]
+            mask.array = (mask.array > 0).astype("float32")
+            # min-max of a 0/1 mask over its 0-100 percentiles is the identity: only geometry is applied
+            grid = preprocess_scan(mask, geometric).tensor.float()
+            fractions.append(torch.nn.functional.avg_pool3d(grid, self.token_grid)[0])
+        tokens = torch.stack(fractions).to(torch.float16)
+        if tokens.shape[0] != scans.shape[0]:
+            raise InputError(f"{entry.name}: {tokens.shape[0]} series masks for {scans.shape[0]} prepared scans")
+        save_torch_atomic(tokens, target)
+        return tokens
+
     def num_scans(self, entry: ManifestEntry) -> int:
         key = self.key(entry)
         if key not in self._counts:
@@ -156,9 +196,9 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 def augment_study(scans: torch.Tensor, k: int, gen: torch.Generator, scale: float = 0.0, shift: float = 0.0,
-                  shuffle: bool = True) -> torch.Tensor:
+                  shuffle: bool = True, return_order: bool = False):
     """k scans of a [N, 1, D, H, W] study in random order (all N plus random repeats when N < k), each with a
-    random intensity scale/shift."""
+    random intensity scale/shift (and the scan indices taken, with `return_order`)."""
     n = scans.shape[0]
     order = torch.randperm(n, generator=gen)[:k] if shuffle else torch.arange(min(k, n))
     if n < k:  # pad by repetition: every scan is seen, the batch keeps one scan count
@@ -169,7 +209,7 @@ def augment_study(scans: torch.Tensor, k: int, gen: torch.Generator, scale: floa
         s = 1.0 + (torch.rand(k, generator=gen) * 2 - 1) * scale
         t = (torch.rand(k, generator=gen) * 2 - 1) * shift
         out = out * s.view(-1, 1, 1, 1, 1) + t.view(-1, 1, 1, 1, 1)
-    return out
+    return (out, order) if return_order else out
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -180,6 +220,13 @@ class TrainDataset(torch.utils.data.Dataset):
         self.entries, self.cache, self.seed = entries, cache, seed
         self.augment, self.scale, self.shift = augment, intensity_scale, intensity_shift
         self.report_mode = report_mode
+        self.token_classes: Optional[List[str]] = None   # set by enable_token_targets
+
+    def enable_token_targets(self, classes: List[str], normal_class: str, token_shape, threshold: float) -> None:
+        """Items gain per-token class targets: the study's label where a token is >= threshold lesion, else
+        `normal_class`."""
+        self.token_classes, self.normal_class = list(classes), normal_class
+        self.token_shape, self.token_threshold = tuple(token_shape), float(threshold)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -192,10 +239,21 @@ class TrainDataset(torch.utils.data.Dataset):
         gen = sample_generator(self.seed, epoch, index)
         scans = self.cache.load(self.entries[index])
         if self.augment:
-            scans = augment_study(scans, k, gen, self.scale, self.shift)
+            scans, order = augment_study(scans, k, gen, self.scale, self.shift, return_order=True)
         else:
-            scans = augment_study(scans, k, gen, shuffle=False)
-        return scans, report_text(self.entries[index].report, self.report_mode, gen)
+            scans, order = augment_study(scans, k, gen, shuffle=False, return_order=True)
+        text = report_text(self.entries[index].report, self.report_mode, gen)
+        if self.token_classes is None:
+            return scans, text
+        tokens = self.cache.token_targets(self.entries[index])
+        label = self.entries[index].label
+        if tokens is None or label not in self.token_classes:  # -1: no token loss for this study
+            return scans, text, torch.full((k,) + self.token_shape, -1, dtype=torch.long)
+        lesion = tokens[order].float() >= self.token_threshold
+        normal = self.token_classes.index(self.normal_class) if self.normal_class in self.token_classes else -1
+        targets = torch.full(lesion.shape, normal, dtype=torch.long)
+        targets[lesion] = self.token_classes.index(label)
+        return scans, text, targets
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -240,5 +298,8 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(items) -> tuple:
-    """[(study [k, 1, D, H, W], report)] -> (images [B, k, 1, D, H, W], list of reports)."""
-    return torch.stack([scans for scans, _ in items]), [report for _, report in items]
+    """[(study [k, 1, D, H, W], report[, token targets])] -> (images [B, k, 1, D, H, W], reports[, targets])."""
+    batch = (torch.stack([item[0] for item in items]), [item[1] for item in items])
+    if len(items[0]) == 3:
+        batch += (torch.stack([item[2] for item in items]),)
+    return batch

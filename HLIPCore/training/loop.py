@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import CheckpointError, ConfigError
-from ..losses import create_loss
+from ..losses import create_loss, token_class_loss
 from ..model.checkpoint import atomic_write, save_safetensors, save_torch_atomic
 from ..model.precision import autocast
 from .config import TrainConfig
@@ -32,7 +32,7 @@ from .optim import CosineSchedule, create_optimizer
 log = logging.getLogger("HLIPCore.training")
 CHECKPOINT_FORMAT = "hlip-train-1"
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "logit_scale", "step_time_s", "eval_auc", "eval_balanced_accuracy",
-               "eval_f1"]
+               "eval_f1", "token_loss"]
 
 
 # -- processes and randomness --------------------------------------------------------------------------------------
@@ -154,6 +154,21 @@ def make_tokenizer(cfg: TrainConfig, mcfg: dict, reports: List[str], out: Path, 
     return tokenizer
 
 
+class TokenHeadNet(torch.nn.Module):
+    """The model plus a linear per-token classifier on the trunk's patch tokens, used only while training (the
+    token loss); outputs gain `token_logits` [B, L, classes]. One module, so DDP synchronises both."""
+
+    def __init__(self, model: torch.nn.Module, num_classes: int):
+        super().__init__()
+        self.model = model
+        self.head = torch.nn.Linear(model.visual.trunk.num_features, num_classes)
+
+    def forward(self, image, text):
+        out = self.model(image, text, return_tokens=True)
+        out["token_logits"] = self.head(out.pop("image_tokens"))
+        return out
+
+
 # -- the trainer ---------------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -170,6 +185,9 @@ class Trainer:
 
         # data first: the tokenizer may be built from the reports
         self.entries = read_manifest(cfg.train_manifest)
+        if cfg.token_loss_weight and not any(e.series_masks for e in self.entries):
+            raise ConfigError(f"training config: 'token_loss_weight': {cfg.train_manifest} has no 'series_masks' "
+                              "to make token targets from")
         self.mcfg, init_weights = model_config(cfg)
         self.preprocess = preprocess_config(cfg, self.mcfg)
         self.mcfg["preprocess"] = {k: list(v) if isinstance(v, tuple) else v
@@ -188,16 +206,29 @@ class Trainer:
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         self.model = model.to(self.device)
-        self.net = self.model
+        self.token_net, self.token_classes = None, None
+        if cfg.token_loss_weight:
+            self.token_classes = sorted({e.label for e in self.entries if e.label} | {cfg.token_normal_class})
+            self.token_net = TokenHeadNet(self.model, len(self.token_classes)).to(self.device)
+            self.cache.token_grid = self.model.visual.trunk.patch_embed.patch_size
+        self.net = self.token_net or self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         seed_everything(cfg.seed + (self.rank if cfg.seed_per_rank else 0))
 
         self.optimizer = create_optimizer(self.model, cfg.lr, cfg.wd, cfg.betas, cfg.eps)
+        if self.token_net is not None:  # the training-only head: its own groups, the same schedule
+            from .optim import param_groups
+            for group in param_groups(self.token_net.head, cfg.wd):
+                self.optimizer.add_param_group(group)
         self.loss_fn = create_loss(cfg.siglip)
         self.dataset = TrainDataset(self.entries, self.cache, cfg.seed, cfg.augment, cfg.intensity_scale,
                                     cfg.intensity_shift, cfg.report_text)
+        if self.token_net is not None:
+            self.dataset.enable_token_targets(self.token_classes, cfg.token_normal_class,
+                                              self.model.visual.trunk.patch_embed.grid_size,
+                                              cfg.token_loss_threshold)
         global_batch = self.world * cfg.accum_steps * cfg.batch_size
         self.steps_per_epoch = len(self.entries) // global_batch
         if self.steps_per_epoch < 1:
@@ -239,6 +270,7 @@ class Trainer:
                      "world_size": self.world, "model": self.model.state_dict(),
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
                      "scaler": self.scaler.state_dict() if self.scaler else None, "rng": states,
+                     "token_head": self.token_net.head.state_dict() if self.token_net is not None else None,
                      "config": json.loads(json.dumps(self.cfg.to_dict())), "model_cfg": self.mcfg}
             latest = self.ckpt_dir / "latest.pt"
             if self.cfg.keep_step_checkpoints:
@@ -260,6 +292,10 @@ class Trainer:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: not a training checkpoint of this program (use it as init_checkpoint)")
         self.model.load_state_dict(state["model"])
+        if self.token_net is not None:
+            if not state.get("token_head"):
+                raise CheckpointError(f"{path}: trained without the token loss; resume it with token_loss_weight 0")
+            self.token_net.head.load_state_dict(state["token_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -314,6 +350,8 @@ class Trainer:
         counts = {}
         for i in tqdm(mine, desc="preparing studies", disable=not (self.progress and self.rank == 0)):
             counts[self.cache.key(self.entries[i])] = self.cache.num_scans(self.entries[i])
+            if self.token_net is not None:
+                self.cache.token_targets(self.entries[i])
         if self.world > 1:
             gathered = [None] * self.world
             dist.all_gather_object(gathered, counts)
@@ -338,21 +376,31 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        batches = [(images.to(dev, non_blocking=True), self.tokenizer(reports).to(dev))
-                   for images, reports in micro_batches]
+        batches = [(mb[0].to(dev, non_blocking=True), self.tokenizer(mb[1]).to(dev),
+                    mb[2].to(dev) if len(mb) > 2 else None) for mb in micro_batches]
+        token_losses = []
+
+        def token_term(out, targets, share):
+            if "token_logits" not in out or targets is None:
+                return 0.0
+            value = token_class_loss(out["token_logits"], targets, self.token_classes.index(cfg.token_normal_class))
+            token_losses.append(float(value.detach()) * share)
+            return cfg.token_loss_weight * value * share
+
         if len(batches) == 1:
-            images, texts = batches[0]
+            images, texts, targets = batches[0]
             with autocast(dev, cfg.precision):
                 out = self.net(images, texts)
-                loss = self.loss_fn(**out)
+                clip_loss = self.loss_fn(**{k: v for k, v in out.items() if k != "token_logits"})
+                loss = clip_loss + token_term(out, targets, 1.0)
             loss.backward()
         else:
             cached = []
             with torch.no_grad(), autocast(dev, cfg.precision):
-                for images, texts in batches:
+                for images, texts, _ in batches:
                     out = self.net(images, texts)
                     cached.append((out["image_features"], out["text_features"]))
-            for j, (images, texts) in enumerate(batches):
+            for j, (images, texts, targets) in enumerate(batches):
                 last = j == len(batches) - 1
                 sync = contextlib.nullcontext() if last or self.world == 1 else self.net.no_sync()
                 with sync:
@@ -363,14 +411,16 @@ class Trainer:
                                  for k, name in enumerate(("image_features", "text_features"))}
                         scalars = {n: out[n] if last else out[n].detach() for n in ("logit_scale", "logit_bias")
                                    if n in out}
-                        loss = self.loss_fn(**feats, **scalars)
+                        clip_loss = self.loss_fn(**feats, **scalars)
+                        loss = clip_loss + token_term(out, targets, 1.0 / len(batches))
                     loss.backward()
+        self.last_token_loss = sum(token_losses) if token_losses else None
         if cfg.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
         self.optimizer.step()
         with torch.no_grad():  # as open_clip and the reference: logit scale at most ln 100
             self.model.logit_scale.clamp_(0, math.log(100))
-        value = loss.detach().float()
+        value = clip_loss.detach().float()
         if self.world > 1:  # the global batch's loss: mean of the processes' losses over their own rows
             dist.all_reduce(value)
             value /= self.world
@@ -414,6 +464,8 @@ class Trainer:
                 row = {"step": self.step, "epoch": f"{self.step / self.steps_per_epoch:.4f}", "lr": f"{lr:.6g}",
                        "loss": repr(loss), "logit_scale": f"{float(self.model.logit_scale.detach().exp()):.4f}",
                        "step_time_s": f"{time.perf_counter() - started:.3f}"}
+                if getattr(self, "last_token_loss", None) is not None:
+                    row["token_loss"] = f"{self.last_token_loss:.4f}"
                 if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0 or self.step == self.total_steps:
                     result = self.evaluate()
                     if result:

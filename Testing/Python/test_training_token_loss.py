@@ -1,0 +1,129 @@
+"""The token loss: per-token targets from series masks, aligned with the images; a training-only head that
+trains, resumes exactly and never reaches the exported model."""
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from HLIPCore.errors import ConfigError
+from HLIPCore.losses import token_class_loss
+from HLIPCore.training.config import TrainConfig
+from HLIPCore.training.loop import Trainer
+
+PREPROCESS = {"mode": "mri", "img_size": [16, 64, 64], "resize_hw": 64}
+LABELS = ("normal", "glioma", "stroke", "glioma")
+LESION = {"glioma": (0.0, -0.4, -0.4), "stroke": (0.0, 0.4, 0.4)}
+
+
+def _scan(rng, label, shape):
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    head = (x ** 2 + y ** 2 + z ** 2 < 0.85)
+    lesion = np.zeros(shape, bool)
+    if label in LESION:
+        cz, cy, cx = LESION[label]
+        lesion = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < 0.2
+    vol = 100.0 * head + 200.0 * lesion + rng.normal(0, 3, shape)
+    return vol.astype(np.float32), lesion.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """4 studies of 2 NIfTI scans (different shapes and spacings) with one lesion mask per scan."""
+    root = tmp_path_factory.mktemp("token_data")
+    rng = np.random.default_rng(1)
+    lines = []
+    for i, label in enumerate(LABELS):
+        folder = root / f"s{i}"
+        folder.mkdir()
+        files, masks = [], []
+        for j, (shape, spacing) in enumerate((((12, 40, 48), (1.5, 1.5, 4.0)), ((20, 36, 36), (2.0, 2.0, 2.5)))):
+            vol, lesion = _scan(rng, label, shape)
+            affine = np.diag([*spacing, 1.0])
+            nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), affine), folder / f"{j:02d}_scan.nii.gz")
+            nib.save(nib.Nifti1Image(lesion.transpose(2, 1, 0), affine), folder / f"{j:02d}_mask.nii.gz")
+            files.append(f"s{i}/{j:02d}_scan.nii.gz")
+            masks.append(f"s{i}/{j:02d}_mask.nii.gz")
+        lines.append({"study": f"s{i}", "nifti": files, "series_masks": masks, "label": label,
+                      "report": f"Impression: {label}."})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+def _config(data, out, **changes):
+    base = dict(model="tiny_multiscan_h3", tokenizer="build", train_manifest=str(data / "manifest.jsonl"),
+                cache_dir=str(data / "cache"), output_dir=str(out), preprocess=PREPROCESS, steps=4, batch_size=2,
+                lr=1e-3, warmup=1, save_every_steps=100, seed=5, token_loss_weight=1.0, token_loss_threshold=0.2)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def test_token_loss_averages_lesion_and_normal_tokens_separately():
+    logits = torch.randn(2, 6, 3)
+    targets = torch.tensor([[0, 0, 0, 0, 2, -1], [1, 0, 0, 0, 0, 0]])
+    ce = F.cross_entropy(logits.reshape(-1, 3), targets.clamp(min=0).reshape(-1), reduction="none").view(2, 6)
+    lesion = (ce[0, 4] + ce[1, 0]) / 2
+    normal = ce[targets == 0].mean()
+    torch.testing.assert_close(token_class_loss(logits, targets, normal_index=0), (lesion + normal) / 2)
+    assert token_class_loss(logits, torch.full((2, 6), -1), 0).item() == 0.0
+
+
+def test_token_targets_sit_where_the_lesion_is_in_the_model_input(data, tmp_path):
+    """The mask goes through the image's own geometric steps: token fractions equal the share of bright
+    (lesion) voxels of the preprocessed image in each token."""
+    trainer = Trainer(_config(data, tmp_path / "run"), resume=None, progress=False)
+    entry = trainer.entries[1]  # glioma
+    fractions = trainer.cache.token_targets(entry).float()
+    images = trainer.cache.load(entry)[:, 0]
+    grid = trainer.model.visual.trunk.patch_embed.patch_size
+    bright = F.avg_pool3d((images > images.amax(dim=(1, 2, 3), keepdim=True) * 0.8).float()[:, None], grid)[:, 0]
+    assert fractions.shape == bright.shape == (2, 2, 4, 4)
+    for scan in range(2):
+        assert fractions[scan].max() > 0.2
+        peak = fractions[scan].flatten().argmax()  # (ties between depth tokens of a centred lesion allowed)
+        assert abs(bright[scan].flatten()[peak] - bright[scan].max()) < 0.03
+        assert np.corrcoef(fractions[scan].flatten(), bright[scan].flatten())[0, 1] > 0.9
+    assert trainer.cache.token_targets(trainer.entries[0]).max() == 0  # normal study: no lesion token
+    # the dataset turns fractions into class targets for the scans it sampled, in their sampled order
+    trainer.dataset.enable_token_targets(trainer.token_classes, "normal", (2, 4, 4), 0.2)
+    scans, _, targets = trainer.dataset[(1, 2, 0)]
+    glioma = trainer.token_classes.index("glioma")
+    assert set(targets.unique().tolist()) == {trainer.token_classes.index("normal"), glioma}
+    for k in range(2):  # each sampled scan's targets follow that scan's own lesion
+        match = [s for s in range(2) if torch.allclose(scans[k, 0].mean(), images[s].mean(), atol=0.5)]
+        assert match and torch.equal(targets[k] == glioma, fractions[match[0]] >= 0.2)
+
+
+def test_token_head_trains_resumes_exactly_and_is_not_exported(data, tmp_path):
+    whole = Trainer(_config(data, tmp_path / "whole"), progress=False)
+    whole_rows = whole.train()
+    first = Trainer(_config(data, tmp_path / "split"), progress=False)
+    part = first.train(stop_after=2)
+    second = Trainer(_config(data, tmp_path / "split"), progress=False)
+    assert second.step == 2
+    rest = second.train()
+    assert [r["loss"] for r in part + rest] == [r["loss"] for r in whole_rows]
+    assert torch.equal(whole.token_net.head.weight, second.token_net.head.weight)
+    assert all(r.get("token_loss") for r in whole_rows)
+    from HLIPCore.model import create_model
+    from HLIPCore.model.checkpoint import load_state_dict
+    exported = load_state_dict(tmp_path / "whole" / "final" / "model.safetensors")
+    assert set(exported) == set(create_model("tiny_multiscan_h3").state_dict())
+
+
+def test_token_loss_lowers_the_token_loss(data, tmp_path):
+    trainer = Trainer(_config(data, tmp_path / "fit", steps=25, augment=False, batch_size=4), progress=False)
+    losses = [float(r["token_loss"]) for r in trainer.train()]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+
+
+def test_token_loss_needs_series_masks(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    Path(tmp_path / "a.nii.gz").write_bytes(b"")
+    manifest.write_text(json.dumps({"study": "a.nii.gz", "report": "x", "label": "normal"}) + "\n")
+    cfg = TrainConfig(train_manifest=str(manifest), steps=1, token_loss_weight=1.0, output_dir=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="series_masks"):
+        Trainer(cfg, progress=False)

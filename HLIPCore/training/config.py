@@ -56,6 +56,7 @@ class TrainConfig:
     token_loss_weight: float = 0.0                 # > 0: per-token lesion-class loss from the manifest's series_masks
     token_loss_threshold: float = 0.25             #   a token is "lesion" when this fraction of its voxels is
     token_normal_class: str = "normal"             #   the label of lesion-free tokens (and of normal studies)
+    study_loss_weight: float = 0.0                 # > 0: study-label cross-entropy on the image embedding
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = False
@@ -89,7 +90,8 @@ class TrainConfig:
                 bad(key, f"must be a non-negative integer, got {getattr(self, key)!r}")
         if not (isinstance(self.token_loss_threshold, (int, float)) and 0 < self.token_loss_threshold <= 1):
             bad("token_loss_threshold", f"must be in (0, 1], got {self.token_loss_threshold!r}")
-        for key in ("lr", "wd", "eps", "intensity_scale", "intensity_shift", "token_loss_weight"):
+        for key in ("lr", "wd", "eps", "intensity_scale", "intensity_shift", "token_loss_weight",
+                    "study_loss_weight"):
             if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
                 bad(key, f"must be a non-negative number, got {getattr(self, key)!r}")
         if not (isinstance(self.patch_dropout, (int, float)) and 0 <= self.patch_dropout < 1):

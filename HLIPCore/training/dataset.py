@@ -223,8 +223,8 @@ class TrainDataset(torch.utils.data.Dataset):
         self.token_classes: Optional[List[str]] = None   # set by enable_token_targets
 
     def enable_token_targets(self, classes: List[str], normal_class: str, token_shape, threshold: float) -> None:
-        """Items gain per-token class targets: the study's label where a token is >= threshold lesion, else
-        `normal_class`."""
+        """Items gain per-token class targets (the study's label where a token is >= threshold lesion, else
+        `normal_class`; -1 without masks) and the study's class index (-1 when unlabelled)."""
         self.token_classes, self.normal_class = list(classes), normal_class
         self.token_shape, self.token_threshold = tuple(token_shape), float(threshold)
 
@@ -245,15 +245,16 @@ class TrainDataset(torch.utils.data.Dataset):
         text = report_text(self.entries[index].report, self.report_mode, gen)
         if self.token_classes is None:
             return scans, text
-        tokens = self.cache.token_targets(self.entries[index])
         label = self.entries[index].label
+        study_target = torch.tensor(self.token_classes.index(label) if label in self.token_classes else -1)
+        tokens = self.cache.token_targets(self.entries[index])
         if tokens is None or label not in self.token_classes:  # -1: no token loss for this study
-            return scans, text, torch.full((k,) + self.token_shape, -1, dtype=torch.long)
+            return scans, text, torch.full((k,) + self.token_shape, -1, dtype=torch.long), study_target
         lesion = tokens[order].float() >= self.token_threshold
         normal = self.token_classes.index(self.normal_class) if self.normal_class in self.token_classes else -1
         targets = torch.full(lesion.shape, normal, dtype=torch.long)
         targets[lesion] = self.token_classes.index(label)
-        return scans, text, targets
+        return scans, text, targets, study_target
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -298,8 +299,9 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(items) -> tuple:
-    """[(study [k, 1, D, H, W], report[, token targets])] -> (images [B, k, 1, D, H, W], reports[, targets])."""
+    """[(study [k, 1, D, H, W], report[, token targets, study class])] -> (images [B, k, 1, D, H, W], reports[,
+    token targets [B, k, D', H', W'], study classes [B]])."""
     batch = (torch.stack([item[0] for item in items]), [item[1] for item in items])
-    if len(items[0]) == 3:
-        batch += (torch.stack([item[2] for item in items]),)
+    if len(items[0]) == 4:
+        batch += (torch.stack([item[2] for item in items]), torch.stack([item[3] for item in items]))
     return batch

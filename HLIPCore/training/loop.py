@@ -32,7 +32,7 @@ from .optim import CosineSchedule, create_optimizer
 log = logging.getLogger("HLIPCore.training")
 CHECKPOINT_FORMAT = "hlip-train-1"
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "logit_scale", "step_time_s", "eval_auc", "eval_balanced_accuracy",
-               "eval_f1", "token_loss"]
+               "eval_f1", "token_loss", "study_loss"]
 
 
 # -- processes and randomness --------------------------------------------------------------------------------------
@@ -154,18 +154,25 @@ def make_tokenizer(cfg: TrainConfig, mcfg: dict, reports: List[str], out: Path, 
     return tokenizer
 
 
-class TokenHeadNet(torch.nn.Module):
-    """The model plus a linear per-token classifier on the trunk's patch tokens, used only while training (the
-    token loss); outputs gain `token_logits` [B, L, classes]. One module, so DDP synchronises both."""
+class TrainingHeadsNet(torch.nn.Module):
+    """The model plus training-only linear classifiers: `head` on the trunk's patch tokens (`token_logits`
+    [B, L, classes], the token loss) and `study_head` on the normalised image embedding (`study_logits` [B, classes],
+    a cosine classifier at temperature 0.1, the study loss). One module, so DDP synchronises all; only `model` is
+    exported."""
 
     def __init__(self, model: torch.nn.Module, num_classes: int):
         super().__init__()
         self.model = model
         self.head = torch.nn.Linear(model.visual.trunk.num_features, num_classes)
+        self.study_head = torch.nn.Linear(model.visual.head.proj.out_features, num_classes)
+
+    def heads_state_dict(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
 
     def forward(self, image, text):
         out = self.model(image, text, return_tokens=True)
         out["token_logits"] = self.head(out.pop("image_tokens"))
+        out["study_logits"] = self.study_head(out["image_features"]) * 10.0
         return out
 
 
@@ -188,6 +195,8 @@ class Trainer:
         if cfg.token_loss_weight and not any(e.series_masks for e in self.entries):
             raise ConfigError(f"training config: 'token_loss_weight': {cfg.train_manifest} has no 'series_masks' "
                               "to make token targets from")
+        if cfg.study_loss_weight and not any(e.label for e in self.entries):
+            raise ConfigError(f"training config: 'study_loss_weight': {cfg.train_manifest} has no 'label's")
         self.mcfg, init_weights = model_config(cfg)
         self.preprocess = preprocess_config(cfg, self.mcfg)
         self.mcfg["preprocess"] = {k: list(v) if isinstance(v, tuple) else v
@@ -207,10 +216,11 @@ class Trainer:
             model.set_grad_checkpointing(True)
         self.model = model.to(self.device)
         self.token_net, self.token_classes = None, None
-        if cfg.token_loss_weight:
+        if cfg.token_loss_weight or cfg.study_loss_weight:
             self.token_classes = sorted({e.label for e in self.entries if e.label} | {cfg.token_normal_class})
-            self.token_net = TokenHeadNet(self.model, len(self.token_classes)).to(self.device)
-            self.cache.token_grid = self.model.visual.trunk.patch_embed.patch_size
+            self.token_net = TrainingHeadsNet(self.model, len(self.token_classes)).to(self.device)
+            if cfg.token_loss_weight:
+                self.cache.token_grid = self.model.visual.trunk.patch_embed.patch_size
         self.net = self.token_net or self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -220,8 +230,9 @@ class Trainer:
         self.optimizer = create_optimizer(self.model, cfg.lr, cfg.wd, cfg.betas, cfg.eps)
         if self.token_net is not None:  # the training-only head: its own groups, the same schedule
             from .optim import param_groups
-            for group in param_groups(self.token_net.head, cfg.wd):
-                self.optimizer.add_param_group(group)
+            for head in (self.token_net.head, self.token_net.study_head):
+                for group in param_groups(head, cfg.wd):
+                    self.optimizer.add_param_group(group)
         self.loss_fn = create_loss(cfg.siglip)
         self.dataset = TrainDataset(self.entries, self.cache, cfg.seed, cfg.augment, cfg.intensity_scale,
                                     cfg.intensity_shift, cfg.report_text)
@@ -270,7 +281,7 @@ class Trainer:
                      "world_size": self.world, "model": self.model.state_dict(),
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
                      "scaler": self.scaler.state_dict() if self.scaler else None, "rng": states,
-                     "token_head": self.token_net.head.state_dict() if self.token_net is not None else None,
+                     "training_heads": self.token_net.heads_state_dict() if self.token_net is not None else None,
                      "config": json.loads(json.dumps(self.cfg.to_dict())), "model_cfg": self.mcfg}
             latest = self.ckpt_dir / "latest.pt"
             if self.cfg.keep_step_checkpoints:
@@ -293,9 +304,9 @@ class Trainer:
             raise CheckpointError(f"{path}: not a training checkpoint of this program (use it as init_checkpoint)")
         self.model.load_state_dict(state["model"])
         if self.token_net is not None:
-            if not state.get("token_head"):
-                raise CheckpointError(f"{path}: trained without the token loss; resume it with token_loss_weight 0")
-            self.token_net.head.load_state_dict(state["token_head"])
+            if not state.get("training_heads"):
+                raise CheckpointError(f"{path}: trained without token/study losses; resume it with their weights 0")
+            self.token_net.load_state_dict({**self.model.state_dict(prefix="model."), **state["training_heads"]})
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -350,7 +361,7 @@ class Trainer:
         counts = {}
         for i in tqdm(mine, desc="preparing studies", disable=not (self.progress and self.rank == 0)):
             counts[self.cache.key(self.entries[i])] = self.cache.num_scans(self.entries[i])
-            if self.token_net is not None:
+            if self.cache.token_grid:
                 self.cache.token_targets(self.entries[i])
         if self.world > 1:
             gathered = [None] * self.world
@@ -377,21 +388,31 @@ class Trainer:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         batches = [(mb[0].to(dev, non_blocking=True), self.tokenizer(mb[1]).to(dev),
-                    mb[2].to(dev) if len(mb) > 2 else None) for mb in micro_batches]
-        token_losses = []
+                    (mb[2].to(dev), mb[3].to(dev)) if len(mb) > 2 else None) for mb in micro_batches]
+        token_losses, study_losses = [], []
 
         def token_term(out, targets, share):
-            if "token_logits" not in out or targets is None:
+            """Token and study losses of this micro-batch (its `share` of the batch)."""
+            if targets is None:
                 return 0.0
-            value = token_class_loss(out["token_logits"], targets, self.token_classes.index(cfg.token_normal_class))
-            token_losses.append(float(value.detach()) * share)
-            return cfg.token_loss_weight * value * share
+            tokens, studies = targets
+            total = 0.0
+            if cfg.token_loss_weight:
+                value = token_class_loss(out["token_logits"], tokens,
+                                         self.token_classes.index(cfg.token_normal_class))
+                token_losses.append(float(value.detach()) * share)
+                total = total + cfg.token_loss_weight * value * share
+            if cfg.study_loss_weight and bool((studies >= 0).any()):
+                value = torch.nn.functional.cross_entropy(out["study_logits"].float(), studies, ignore_index=-1)
+                study_losses.append(float(value.detach()) * share)
+                total = total + cfg.study_loss_weight * value * share
+            return total
 
         if len(batches) == 1:
             images, texts, targets = batches[0]
             with autocast(dev, cfg.precision):
                 out = self.net(images, texts)
-                clip_loss = self.loss_fn(**{k: v for k, v in out.items() if k != "token_logits"})
+                clip_loss = self.loss_fn(**{k: v for k, v in out.items() if not k.endswith("_logits")})
                 loss = clip_loss + token_term(out, targets, 1.0)
             loss.backward()
         else:
@@ -415,6 +436,7 @@ class Trainer:
                         loss = clip_loss + token_term(out, targets, 1.0 / len(batches))
                     loss.backward()
         self.last_token_loss = sum(token_losses) if token_losses else None
+        self.last_study_loss = sum(study_losses) if study_losses else None
         if cfg.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
         self.optimizer.step()
@@ -464,8 +486,9 @@ class Trainer:
                 row = {"step": self.step, "epoch": f"{self.step / self.steps_per_epoch:.4f}", "lr": f"{lr:.6g}",
                        "loss": repr(loss), "logit_scale": f"{float(self.model.logit_scale.detach().exp()):.4f}",
                        "step_time_s": f"{time.perf_counter() - started:.3f}"}
-                if getattr(self, "last_token_loss", None) is not None:
-                    row["token_loss"] = f"{self.last_token_loss:.4f}"
+                for name in ("token_loss", "study_loss"):
+                    if getattr(self, f"last_{name}", None) is not None:
+                        row[name] = f"{getattr(self, f'last_{name}'):.4f}"
                 if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0 or self.step == self.total_steps:
                     result = self.evaluate()
                     if result:

@@ -56,7 +56,8 @@ def data(tmp_path_factory):
 def _config(data, out, **changes):
     base = dict(model="tiny_multiscan_h3", tokenizer="build", train_manifest=str(data / "manifest.jsonl"),
                 cache_dir=str(data / "cache"), output_dir=str(out), preprocess=PREPROCESS, steps=4, batch_size=2,
-                lr=1e-3, warmup=1, save_every_steps=100, seed=5, token_loss_weight=1.0, token_loss_threshold=0.2)
+                lr=1e-3, warmup=1, save_every_steps=100, seed=5, token_loss_weight=1.0, token_loss_threshold=0.2,
+                study_loss_weight=1.0)
     base.update(changes)
     return TrainConfig(**base)
 
@@ -89,8 +90,9 @@ def test_token_targets_sit_where_the_lesion_is_in_the_model_input(data, tmp_path
     assert trainer.cache.token_targets(trainer.entries[0]).max() == 0  # normal study: no lesion token
     # the dataset turns fractions into class targets for the scans it sampled, in their sampled order
     trainer.dataset.enable_token_targets(trainer.token_classes, "normal", (2, 4, 4), 0.2)
-    scans, _, targets = trainer.dataset[(1, 2, 0)]
+    scans, _, targets, study = trainer.dataset[(1, 2, 0)]
     glioma = trainer.token_classes.index("glioma")
+    assert study.item() == glioma
     assert set(targets.unique().tolist()) == {trainer.token_classes.index("normal"), glioma}
     for k in range(2):  # each sampled scan's targets follow that scan's own lesion
         match = [s for s in range(2) if torch.allclose(scans[k, 0].mean(), images[s].mean(), atol=0.5)]
@@ -106,7 +108,8 @@ def test_token_head_trains_resumes_exactly_and_is_not_exported(data, tmp_path):
     assert second.step == 2
     rest = second.train()
     assert [r["loss"] for r in part + rest] == [r["loss"] for r in whole_rows]
-    assert torch.equal(whole.token_net.head.weight, second.token_net.head.weight)
+    for name, value in whole.token_net.heads_state_dict().items():
+        assert torch.equal(value, second.token_net.heads_state_dict()[name]), name
     assert all(r.get("token_loss") for r in whole_rows)
     from HLIPCore.model import create_model
     from HLIPCore.model.checkpoint import load_state_dict
@@ -114,10 +117,16 @@ def test_token_head_trains_resumes_exactly_and_is_not_exported(data, tmp_path):
     assert set(exported) == set(create_model("tiny_multiscan_h3").state_dict())
 
 
-def test_token_loss_lowers_the_token_loss(data, tmp_path):
+def test_token_and_study_losses_train_the_trunk(data, tmp_path):
     trainer = Trainer(_config(data, tmp_path / "fit", steps=25, augment=False, batch_size=4), progress=False)
     losses = [float(r["token_loss"]) for r in trainer.train()]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+    # the study head, reading the exported embedding, has learnt the study labels (from chance: ln 3)
+    images = torch.stack([trainer.cache.load(e) for e in trainer.entries])
+    with torch.no_grad():
+        logits = trainer.token_net.study_head(trainer.model.eval().encode_image(images, normalize=True)) * 10
+    labels = torch.tensor([trainer.token_classes.index(e.label) for e in trainer.entries])
+    assert F.cross_entropy(logits, labels) < 0.75 * np.log(3)
 
 
 def test_token_loss_needs_series_masks(tmp_path):

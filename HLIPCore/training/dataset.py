@@ -168,17 +168,17 @@ class StudyCache:
             except Exception:
                 pass
         geometric = dataclasses.replace(self.preprocess, percentiles=(0.0, 100.0), mean=0.0, std=1.0)
-        scans = self.prepare(entry)
         fractions = []
-        for image_file, mask_file in zip(entry.study, entry.series_masks):
+        for mask_file in entry.series_masks:
             mask = load_study(mask_file).scans[0]
             mask.array = (mask.array > 0).astype("float32")
             # min-max of a 0/1 mask over its 0-100 percentiles is the identity: only geometry is applied
             grid = preprocess_scan(mask, geometric).tensor.float()
             fractions.append(torch.nn.functional.avg_pool3d(grid, self.token_grid)[0])
         tokens = torch.stack(fractions).to(torch.float16)
-        if tokens.shape[0] != scans.shape[0]:
-            raise InputError(f"{entry.name}: {tokens.shape[0]} series masks for {scans.shape[0]} prepared scans")
+        if tokens.shape[0] != self.num_scans(entry):  # (the scan count is cached: no second read of the study)
+            raise InputError(f"{entry.name}: {tokens.shape[0]} series masks for {self.num_scans(entry)} prepared "
+                             "scans")
         save_torch_atomic(tokens, target)
         return tokens
 

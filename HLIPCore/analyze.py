@@ -37,6 +37,18 @@ class AnalyzeOptions:
     download: bool = False
 
 
+def preprocess_config(preprocess: dict, model_cfg: dict, num_slices: Optional[int] = None) -> PreprocessConfig:
+    """The model's own preprocessing (every field its config or catalog entry sets, e.g. `mri_spacing`), on the
+    model's grid unless given, with an optional depth override."""
+    pre = {"mode": "auto", "img_size": model_cfg["vision_cfg"]["img_size"], **preprocess}
+    if num_slices:
+        pre["num_slices"] = num_slices
+    try:
+        return PreprocessConfig(**pre)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model preprocessing {preprocess}: {exc}") from None
+
+
 class Analyzer:
     def __init__(self, options: AnalyzeOptions):
         from .model.precision import check_precision, prepare_for_inference, resolve_device
@@ -56,10 +68,7 @@ class Analyzer:
         self.prompt_set = load_prompt_set(options.prompts or default_prompts)
         self.classifier = build_classifier(self.model, self.tokenizer, self.prompt_set, self.resolved.checkpoint)
         prepare_for_inference(self.model, self.precision)
-        pre = dict(self.resolved.preprocess)
-        vision = self.resolved.config["vision_cfg"]
-        self.preprocess = PreprocessConfig(mode=pre.get("mode", "auto"), img_size=tuple(pre.get("img_size", vision["img_size"])),
-                                           num_slices=options.num_slices or pre.get("num_slices"))
+        self.preprocess = preprocess_config(self.resolved.preprocess, self.resolved.config, options.num_slices)
         self.targets_all = [(t.name, c.name) for t in self.prompt_set.tasks for c in t.classes]
 
     # -- steps -------------------------------------------------------------------------------------------------

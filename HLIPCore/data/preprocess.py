@@ -5,6 +5,12 @@ MRI (reference: data/pub_brain_5/*/process.py, hlip_test/inference_pub_brain_5.p
   0.5-99.5 percentiles and min-max to [0, 1] -> pad H, W to a square -> bilinear resize to resize_hw^2 (256 for
   the reference's 224 grid; img_size * 256/224 for others) ->
   nearest-exact resample of depth to num_slices -> centre crop H, W to img_size[1:] -> (x - 0.449) / 0.226.
+MRI with `mri_spacing` (a choice for small models trained from scratch, e.g. the demo model): reorient to RPI and
+  keep that anatomical frame (no through-plane-first) -> trilinear resample to `mri_spacing` (D, H, W) mm -> clip
+  to the percentiles and min-max to [0, 1] -> centre pad/crop to img_size -> normalise. Every scan of a study then
+  lies on the same millimetre grid, axial, sagittal and coronal acquisitions alike, so a token position means the
+  same anatomy in every scan; the reference's pipeline instead gives each acquisition plane its own layout, which a
+  model pre-trained on 220K studies absorbs but a demo-sized one trained on a few hundred cannot.
 CT (reference: data/ct_rate/process.py, hlip_test/inference_rad_chestct.py):
   [choice: reorient to RPI and through-plane first, as MRI; the reference reads curated NIfTI as stored and does not
   reorient] -> trilinear resample to ct_spacing (3, 1, 1) mm with size int(n * spacing / target) -> window
@@ -41,6 +47,7 @@ class PreprocessConfig:
     percentiles: Tuple[float, float] = (0.5, 99.5)
     ct_window: Tuple[float, float] = (-1150.0, 350.0)  # HU -> (HU + 1150) / 1500
     ct_spacing: Tuple[float, float, float] = (3.0, 1.0, 1.0)  # (z, y, x) = (D, H, W) mm
+    mri_spacing: Optional[Tuple[float, float, float]] = None  # MRI: resample to this (D, H, W) mm in the RPI frame
     mean: float = 0.449
     std: float = 0.226
 
@@ -53,6 +60,10 @@ class PreprocessConfig:
         if self.resize_hw is None:
             self.resize_hw = round(max(self.img_size[1:]) * 256 / 224)
         self.resize_hw = int(self.resize_hw)
+        if self.mri_spacing is not None:
+            self.mri_spacing = tuple(float(v) for v in self.mri_spacing)
+            if len(self.mri_spacing) != 3 or min(self.mri_spacing) <= 0:
+                raise ValueError(f"mri_spacing must be three positive (D, H, W) mm values, not {self.mri_spacing}")
         if self.resize_hw < max(self.img_size[1:]):
             raise ValueError(f"resize_hw {self.resize_hw} is smaller than the crop {self.img_size[1:]}")
 
@@ -92,16 +103,19 @@ def preprocess_scan(scan: Scan, cfg: Optional[PreprocessConfig] = None) -> Prepa
     record = TransformRecord(original_shape=tuple(scan.shape), original_affine=np.asarray(scan.affine, np.float64))
     x = torch.from_numpy(np.ascontiguousarray(scan.array, dtype=np.float32))[None]
     x = apply_step(reorient_step(scan.affine, cfg.orientation), x, record)
-    if cfg.through_plane_first:
+    resample_mri = mode == "mri" and cfg.mri_spacing is not None
+    if cfg.through_plane_first and not resample_mri:
         step = through_plane_step(current_spacing(record))
         if step is not None:
             x = apply_step(step, x, record)
     d, h, w = cfg.tensor_shape
     if mode == "ct":
-        spacing = current_spacing(record)
-        size = tuple(max(1, int(n * s / t)) for n, s, t in zip(x.shape[1:], spacing, cfg.ct_spacing))
-        x = apply_step(Resize(size, "trilinear"), x, record)
+        x = apply_step(Resize(_size_at_spacing(x, record, cfg.ct_spacing, int), "trilinear"), x, record)
         x = apply_step(Window(*cfg.ct_window), x, record)
+        x = apply_step(CenterPadCrop((d, h, w)), x, record)
+    elif resample_mri:
+        x = apply_step(Resize(_size_at_spacing(x, record, cfg.mri_spacing, round), "trilinear"), x, record)
+        x = apply_step(PercentileClipMinMax(*cfg.percentiles), x, record)
         x = apply_step(CenterPadCrop((d, h, w)), x, record)
     else:
         x = apply_step(PercentileClipMinMax(*cfg.percentiles), x, record)
@@ -111,6 +125,13 @@ def preprocess_scan(scan: Scan, cfg: Optional[PreprocessConfig] = None) -> Prepa
         x = apply_step(CenterPadCrop((d, h, w)), x, record)
     x = apply_step(Normalize(cfg.mean, cfg.std), x, record)
     return PreparedScan(tensor=x.contiguous(), record=record, mode=mode)
+
+
+def _size_at_spacing(x: torch.Tensor, record: TransformRecord, target, rounding) -> tuple:
+    """(D, H, W) voxel counts that cover the current array's extent at `target` mm spacing. `int` truncates, as the
+    reference's CT pipeline does; `round` keeps the extent closest."""
+    spacing = current_spacing(record)
+    return tuple(max(1, int(rounding(n * s / t))) for n, s, t in zip(x.shape[1:], spacing, target))
 
 
 def preprocess_study(study: Study, cfg: Optional[PreprocessConfig] = None) -> PreparedStudy:

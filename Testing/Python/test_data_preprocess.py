@@ -90,21 +90,24 @@ ROUNDTRIP = {
 }
 
 
-@pytest.mark.parametrize("mode", ["mri", "ct"])
+@pytest.mark.parametrize("mode", ["mri", "ct", "mri_spacing"])
 @pytest.mark.parametrize("name", sorted(ROUNDTRIP))
 def test_blob_maps_back_to_the_same_voxels(tmp_path, name, mode):
     """A blob in original voxel space, preprocessed, found on the model grid and mapped back, lands on itself."""
     shape, centre, radius = (24, 60, 50), (9, 33, 20), (2, 5, 4)
-    vol = blob_volume(shape, centre, radius, value=2000.0 if mode == "mri" else 300.0,
-                      background=100.0 if mode == "mri" else -900.0)
+    mr = mode != "ct"
+    vol = blob_volume(shape, centre, radius, value=2000.0 if mr else 300.0, background=100.0 if mr else -900.0)
     aff = ROUNDTRIP[name]
     if name.endswith("dicom"):
-        write_series(tmp_path, vol, aff, modality="CT" if mode == "ct" else "MR")
+        write_series(tmp_path, vol, aff, modality="MR" if mr else "CT")
     else:
         nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), aff), tmp_path / "v.nii.gz")
     scan = load_study(tmp_path).scans[0]
     np.testing.assert_allclose(scan.affine, aff, atol=1e-4)
-    cfg = PreprocessConfig(mode=mode, img_size=(48, 224, 224), ct_spacing=(1.0, 0.5, 0.5))
+    if mode == "mri_spacing":
+        cfg = PreprocessConfig(mode="mri", img_size=(32, 128, 128), mri_spacing=(2.5, 0.7, 0.7))
+    else:
+        cfg = PreprocessConfig(mode=mode, img_size=(48, 224, 224), ct_spacing=(1.0, 0.5, 0.5))
     prepared = preprocess_scan(scan, cfg)
     grid = prepared.tensor[0]
     threshold = (grid.max() + grid.min()) / 2
@@ -113,6 +116,40 @@ def test_blob_maps_back_to_the_same_voxels(tmp_path, name, mode):
     back = prepared.record.to_original(on_grid) > 0.5
     assert back.shape == scan.shape
     assert _near(back, scan.array > (scan.array.max() + scan.array.min()) / 2)
+
+
+@pytest.mark.parametrize("view", ["axial", "sagittal", "coronal"])
+def test_mri_spacing_puts_every_acquisition_plane_on_one_millimetre_grid(view):
+    """With `mri_spacing` a point of the head lands on the same model voxel whatever plane the series was
+    acquired in: the grid is the RPI frame at fixed millimetres, centred on the scan's field of view."""
+    dirs = {"axial": AXIAL, "sagittal": SAGITTAL, "coronal": CORONAL}[view]
+    spacing = {"axial": (0.8, 0.8, 4.0), "sagittal": (0.9, 0.9, 5.0), "coronal": (1.0, 1.0, 3.0)}[view]
+    shape = {"axial": (30, 200, 200), "sagittal": (28, 180, 180), "coronal": (50, 160, 160)}[view]
+    aff = affine_from(*dirs, spacing, (0.0, 0.0, 0.0))
+    centre_ijk = (np.array(shape[::-1]) - 1) / 2
+    aff[:3, 3] -= aff[:3, :3] @ centre_ijk                                  # the field of view centred on RAS 0
+    target = np.array([30.0, -20.0, 15.0])                                    # RAS mm: right, posterior, superior
+    i, j, k = np.round(np.linalg.inv(aff) @ np.append(target, 1))[:3].astype(int)
+    vol = np.full(shape, 100.0, np.float32)
+    r = int(round(20 / spacing[0]))                                             # a 40 mm box: more than the 0.5 %
+    vol[k - 3:k + 4, j - r:j + r + 1, i - r:i + r + 1] = 2000.0                # of voxels the percentile clip cuts
+    cfg = PreprocessConfig(mode="mri", img_size=(32, 128, 128), mri_spacing=(5.0, 1.6, 1.6))
+    prepared = preprocess_scan(Scan(vol, aff, "MR"), cfg)
+    assert [s.name for s in prepared.record.steps] == ["permute_flip", "resize", "percentile_clip_minmax",
+                                                       "center_pad_crop", "normalize"]  # no through-plane step
+    grid = prepared.tensor[0].numpy()
+    centroid = np.argwhere(grid > (grid.max() + grid.min()) / 2).mean(axis=0)  # (d, h, w)
+    ras = prepared.record.grid_affine @ np.array([centroid[2], centroid[1], centroid[0], 1.0])
+    box_centre = (aff @ np.array([i, j, k, 1.0]))[:3]                         # the target, on the scan's voxels
+    # within a model voxel: 1.6 mm in-plane, half of the 5 mm slices along S-I (z)
+    assert np.all(np.abs(ras[:3] - box_centre) <= (1.6, 1.6, 2.6)), (ras[:3], box_centre)
+    np.testing.assert_allclose(np.linalg.norm(prepared.record.grid_affine[:3, :3], axis=0), (1.6, 1.6, 5.0),
+                               atol=0.1 * min(spacing))                        # (w, h, d) mm: the fixed grid
+
+
+def test_mri_spacing_is_checked():
+    with pytest.raises(ValueError, match="mri_spacing"):
+        PreprocessConfig(mode="mri", mri_spacing=(5.0, 0.0, 1.6))
 
 
 def test_to_original_is_zero_outside_the_cropped_field_of_view():

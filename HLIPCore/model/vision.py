@@ -5,6 +5,7 @@ row, column) order, so regrouping them into windows of another level is a reshap
 into every window when a level splits the study into smaller windows, and the copies are averaged when
 windows merge (as the reference does). After the last block the tokens return to the study level.
 """
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
@@ -13,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.checkpoint import checkpoint
 
 from .attention import HLIPAttention
-from .patch_embed import PatchEmbed3D
+from .patch_embed import ConvStem3D, PatchEmbed3D
 from .pos_embed import resample_sequential, resample_spatial, sequential_sincos, sincos_3d
 
 LEVELS = ("slice", "scan", "study")
@@ -34,12 +35,15 @@ class HLIPVisionTransformer(VisionTransformer):
     """ViT over whole studies with per-block attention level (`attn_layout`)."""
 
     def __init__(self, attn_layout, img_size: Sequence[int] = (48, 224, 224), patch_size: Sequence[int] = (8, 16, 16),
-                 max_num_scans: int = 40, **kwargs):
+                 max_num_scans: int = 40, stem: Optional[dict] = None, **kwargs):
+        """`stem`: None for HLIP's linear patch embedding (the released models), or the arguments of a
+        `ConvStem3D` ({"layers": [[channels, stride, kernel], ...], "norm": "group"})."""
         layout = parse_layout(attn_layout)
         kwargs.setdefault("attn_layer", HLIPAttention)
+        embed_layer = PatchEmbed3D if stem is None else partial(ConvStem3D, **stem)
         super().__init__(img_size=img_size, patch_size=patch_size, depth=len(layout), in_chans=1, num_classes=0,
                          global_pool="token", class_token=True, pos_embed="none", no_embed_class=True,
-                         embed_layer=PatchEmbed3D, **kwargs)
+                         embed_layer=embed_layer, **kwargs)
         self.attn_layout = layout
         self.max_num_scans = max_num_scans
         # Frozen, but parameters (not buffers) so that the official checkpoints' keys load strictly.

@@ -66,3 +66,17 @@ def token_class_loss(logits: torch.Tensor, targets: torch.Tensor, normal_index: 
                          reduction="none").view_as(t)
     parts = [ce[m].mean() for m in (valid & (t != normal_index), valid & (t == normal_index)) if bool(m.any())]
     return torch.stack(parts).mean() if parts else logits.sum() * 0.0
+
+
+def attention_target_loss(class_attention: torch.Tensor, targets: torch.Tensor, normal_index: int) -> torch.Tensor:
+    """Cross-entropy between the class token's attention over the patch tokens [B, L] (probabilities, mean over
+    heads) and the uniform distribution over each study's lesion tokens (targets [B, ...] as for
+    `token_class_loss`: lesion tokens are those >= 0 and != normal_index). Studies without a lesion token are left
+    out. Minimal when all attention lies on the lesion, spread evenly over it."""
+    t = targets.reshape(targets.shape[0], -1)
+    lesion = ((t >= 0) & (t != normal_index)).float()
+    has = lesion.sum(dim=1) > 0
+    if not bool(has.any()):
+        return class_attention.sum() * 0.0
+    target = lesion[has] / lesion[has].sum(dim=1, keepdim=True)
+    return -(target * torch.log(class_attention[has].float().clamp(min=1e-12))).sum(dim=1).mean()

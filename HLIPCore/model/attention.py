@@ -27,7 +27,10 @@ class HLIPAttention(Attention):
         if getattr(self, "gate", None) is not None:
             raise ValueError("gated attention is not part of HLIP")
         self.attn_dim = self.num_heads * self.head_dim  # timm < 1.0.20 lacks the attribute
-        self.record = None  # None, "probs" or "mean": set by the attention-map code (HLIPCore.attention_maps)
+        # None, "probs" or "mean": set by the attention-map code (HLIPCore.attention_maps); "class_row": the
+        # class token's row of probabilities [W, heads, 1, N] with its graph, beside the fast kernel's output
+        # (the training's attention loss)
+        self.record = None
         self.attn_probs = None
 
     def _use_flash(self, q: torch.Tensor) -> bool:
@@ -57,6 +60,8 @@ class HLIPAttention(Attention):
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                      dropout_p=self.attn_drop.p if self.training else 0.0)
+                if self.record == "class_row":
+                    self.attn_probs = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
             out = out.transpose(1, 2).reshape(b, n, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(out)))
 
@@ -89,7 +94,7 @@ class HLIPAttention(Attention):
         k = self.k_norm(k)
         if self.record is not None:
             probs = ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)  # [B, heads, 1, N]
-            self.attn_probs = probs if self.record == "probs" else probs.mean(dim=1).to(torch.bfloat16)
+            self.attn_probs = probs if self.record in ("probs", "class_row") else probs.mean(dim=1).to(torch.bfloat16)
             out = probs.to(v.dtype) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v)

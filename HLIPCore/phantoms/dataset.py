@@ -14,6 +14,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 import numpy as np
 
 from .lesions import LABELS
+from .sequences import SHOWS
 from .study import PhantomConfig, PhantomStudy, generate_study
 from .writer import write_study
 
@@ -40,14 +41,21 @@ def manifest_entry(study: PhantomStudy, paths: dict, root: Path) -> dict:
     for n, s in enumerate(study.images):
         series.append({"sequence": s.sequence, "description": s.description, "plane": s.geometry.plane,
                        "series_number": s.series_number, "shape": list(s.array.shape),
-                       "spacing": [round(v, 4) for v in s.geometry.spacing],
+                       "spacing": [round(v, 4) for v in s.geometry.spacing], "shows_finding": _shows(study, s),
                        "nifti": rel(paths["nifti"][n]) if paths["nifti"] else None, "mask": rel(paths["masks"][n])})
     others = [{"kind": s.kind, "description": s.description, "series_number": s.series_number}
               for s in study.series if s.kind != "image"]
     return {"study_id": study.study_id, "study": rel(paths["dicom"]) or rel(str(Path(paths["report"]).parent / "nifti")),
             "nifti": [rel(p) for p in paths["nifti"]], "report": study.report, "label": study.label,
-            "mask": rel(paths["world_mask"]), "series_masks": [rel(p) for p in paths["masks"]], "seed": study.seed,
+            "mask": rel(paths["world_mask"]), "series_masks": [rel(p) for p in paths["masks"]],
+            "series_shows": [_shows(study, s) for s in study.images], "seed": study.seed,
             "vendor": study.vendor, "series": series, "non_image_series": others, "findings": study.findings}
+
+
+def _shows(study: PhantomStudy, series) -> bool:
+    """Does this series show the study's finding (its sequence carries the label's signature)? False for normal
+    studies: there is nothing to show."""
+    return study.label != "normal" and series.sequence in SHOWS[study.label]
 
 
 def generate_dataset(n: int, seed: int, out_dir, labels: Optional[Sequence[str]] = None,

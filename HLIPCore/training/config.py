@@ -57,6 +57,8 @@ class TrainConfig:
     token_loss_threshold: float = 0.25             #   a token is "lesion" when this fraction of its voxels is
     token_normal_class: str = "normal"             #   the label of lesion-free tokens (and of normal studies)
     study_loss_weight: float = 0.0                 # > 0: study-label cross-entropy on the image embedding
+    attention_loss_weight: float = 0.0             # > 0: the explained block's class-token attention pulled onto
+    #   the lesion tokens (series_masks): what the attention maps show is then where the lesion is
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = False
@@ -91,7 +93,7 @@ class TrainConfig:
         if not (isinstance(self.token_loss_threshold, (int, float)) and 0 < self.token_loss_threshold <= 1):
             bad("token_loss_threshold", f"must be in (0, 1], got {self.token_loss_threshold!r}")
         for key in ("lr", "wd", "eps", "intensity_scale", "intensity_shift", "token_loss_weight",
-                    "study_loss_weight"):
+                    "study_loss_weight", "attention_loss_weight"):
             if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
                 bad(key, f"must be a non-negative number, got {getattr(self, key)!r}")
         if not (isinstance(self.patch_dropout, (int, float)) and 0 <= self.patch_dropout < 1):

@@ -4,7 +4,10 @@ Manifest: one JSON object per line with `study` (a DICOM folder, NIfTI/NRRD file
 is used when `study` is absent), `report` (text), and optionally `label` (one value, e.g. "glioma") and/or
 `labels` ({task: class} or {task: [classes]} for multilabel tasks). Paths are relative to the manifest file.
 `series_masks` (optional, one lesion mask per scan file of `study`/`nifti`, 0 = background) gives the per-token
-targets of the optional token loss (see loop.py): the phantom generator writes them.
+targets of the optional token loss (see loop.py): the phantom generator writes them. `series_shows` (optional, one
+boolean per scan file) says whether that series shows the finding at all: a meningioma's mask covers its place on
+every series, but only the contrast T1 shows it, so its tokens on the other series get no lesion target (they are
+left out of the token loss rather than called lesion where nothing is visible, or normal where a lesion is).
 
 Batching (a choice): the trunk needs one scan count per forward pass, and studies differ in scan count. Every
 study of a global batch contributes k = min(max_scans_train, most scans in that global batch) scans: k distinct
@@ -47,6 +50,7 @@ class ManifestEntry:
     line: int = 0
     mask: Optional[Path] = None       # ground-truth lesion mask (NIfTI, 1 = lesion) for the pointing game
     series_masks: List[Path] = field(default_factory=list)  # one mask per scan file, for token targets
+    series_shows: List[bool] = field(default_factory=list)  # per scan file: does it show the finding (default yes)
 
     @property
     def name(self) -> str:
@@ -85,8 +89,12 @@ def read_manifest(path: Union[str, Path], need_report: bool = True) -> List[Mani
         mask = (path.parent / row["mask"]).resolve() if row.get("mask") else None
         if series_masks and len(series_masks) != len(study):
             raise InputError(f"{path}:{number}: {len(series_masks)} series_masks for {len(study)} scan files")
+        shows = row.get("series_shows") or []
+        if shows and (len(shows) != len(study) or not all(isinstance(v, bool) for v in shows)):
+            raise InputError(f"{path}:{number}: 'series_shows' must hold one true/false per scan file "
+                             f"({len(study)})")
         entries.append(ManifestEntry(study, str(report), None if label is None else str(label), labels, number,
-                                     mask, series_masks))
+                                     mask, series_masks, list(shows)))
     if not entries:
         raise InputError(f"{path}: manifest lists no studies")
     return entries
@@ -254,6 +262,10 @@ class TrainDataset(torch.utils.data.Dataset):
         normal = self.token_classes.index(self.normal_class) if self.normal_class in self.token_classes else -1
         targets = torch.full(lesion.shape, normal, dtype=torch.long)
         targets[lesion] = self.token_classes.index(label)
+        shows = self.entries[index].series_shows
+        if shows:  # lesion tokens of a series that does not show the finding: no target
+            hidden = ~torch.tensor(shows)[order]
+            targets[lesion & hidden.view(-1, 1, 1, 1)] = -1
         return scans, text, targets, study_target
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import CheckpointError, ConfigError
-from ..losses import create_loss, token_class_loss
+from ..losses import attention_target_loss, create_loss, token_class_loss
 from ..model.checkpoint import atomic_write, save_safetensors, save_torch_atomic
 from ..model.precision import autocast
 from .config import TrainConfig
@@ -32,7 +32,9 @@ from .optim import CosineSchedule, create_optimizer
 log = logging.getLogger("HLIPCore.training")
 CHECKPOINT_FORMAT = "hlip-train-1"
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "logit_scale", "step_time_s", "eval_auc", "eval_balanced_accuracy",
-               "eval_f1", "token_loss", "study_loss"]
+               "eval_f1", "token_loss", "study_loss", "attention_loss"]
+AUX_LOSSES = ("token_loss", "study_loss", "attention_loss")
+CLIP_KEYS = ("image_features", "text_features", "logit_scale", "logit_bias")
 
 
 # -- processes and randomness --------------------------------------------------------------------------------------
@@ -157,20 +159,38 @@ def make_tokenizer(cfg: TrainConfig, mcfg: dict, reports: List[str], out: Path, 
 class TrainingHeadsNet(torch.nn.Module):
     """The model plus training-only linear classifiers: `head` on the trunk's patch tokens (`token_logits`
     [B, L, classes], the token loss) and `study_head` on the normalised image embedding (`study_logits` [B, classes],
-    a cosine classifier at temperature 0.1, the study loss). One module, so DDP synchronises all; only `model` is
-    exported."""
+    a cosine classifier at temperature 0.1, the study loss). With `attend`, also the class token's attention over
+    the patch tokens in the block the attention maps explain (`class_attention` [B, L], mean over heads; the
+    attention loss). One module, so DDP synchronises all; only `model` is exported."""
 
-    def __init__(self, model: torch.nn.Module, num_classes: int):
+    def __init__(self, model: torch.nn.Module, num_classes: int, attend: bool = False):
         super().__init__()
         self.model = model
         self.head = torch.nn.Linear(model.visual.trunk.num_features, num_classes)
         self.study_head = torch.nn.Linear(model.visual.head.proj.out_features, num_classes)
+        self.attend = attend
+        if attend:
+            from ..attention_maps import explained_block
+            trunk = model.visual.trunk
+            self.explained = explained_block(trunk)
+            if trunk.attn_layout[self.explained] != "study":
+                raise ConfigError("training config: 'attention_loss_weight': the model has no study-level block "
+                                  "whose class-token attention the maps explain")
 
     def heads_state_dict(self) -> dict:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
 
     def forward(self, image, text):
-        out = self.model(image, text, return_tokens=True)
+        attn = self.model.visual.trunk.blocks[self.explained].attn if self.attend and image is not None else None
+        if attn is not None:
+            attn.record = "class_row"
+        try:
+            out = self.model(image, text, return_tokens=True)
+            if attn is not None:  # one window per study at the study level: [B, heads, 1, 1 + L] -> [B, L]
+                out["class_attention"] = attn.attn_probs[:, :, 0, self.model.visual.trunk.num_prefix_tokens:].mean(1)
+        finally:
+            if attn is not None:
+                attn.record, attn.attn_probs = None, None
         out["token_logits"] = self.head(out.pop("image_tokens"))
         out["study_logits"] = self.study_head(out["image_features"]) * 10.0
         return out
@@ -192,8 +212,9 @@ class Trainer:
 
         # data first: the tokenizer may be built from the reports
         self.entries = read_manifest(cfg.train_manifest)
-        if cfg.token_loss_weight and not any(e.series_masks for e in self.entries):
-            raise ConfigError(f"training config: 'token_loss_weight': {cfg.train_manifest} has no 'series_masks' "
+        mask_loss = "token_loss_weight" if cfg.token_loss_weight else "attention_loss_weight"
+        if (cfg.token_loss_weight or cfg.attention_loss_weight) and not any(e.series_masks for e in self.entries):
+            raise ConfigError(f"training config: '{mask_loss}': {cfg.train_manifest} has no 'series_masks' "
                               "to make token targets from")
         if cfg.study_loss_weight and not any(e.label for e in self.entries):
             raise ConfigError(f"training config: 'study_loss_weight': {cfg.train_manifest} has no 'label's")
@@ -216,10 +237,11 @@ class Trainer:
             model.set_grad_checkpointing(True)
         self.model = model.to(self.device)
         self.token_net, self.token_classes = None, None
-        if cfg.token_loss_weight or cfg.study_loss_weight:
+        if cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight:
             self.token_classes = sorted({e.label for e in self.entries if e.label} | {cfg.token_normal_class})
-            self.token_net = TrainingHeadsNet(self.model, len(self.token_classes)).to(self.device)
-            if cfg.token_loss_weight:
+            self.token_net = TrainingHeadsNet(self.model, len(self.token_classes),
+                                              attend=bool(cfg.attention_loss_weight)).to(self.device)
+            if cfg.token_loss_weight or cfg.attention_loss_weight:
                 self.cache.token_grid = self.model.visual.trunk.patch_embed.patch_size
         self.net = self.token_net or self.model
         if self.world > 1:
@@ -389,30 +411,34 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         batches = [(mb[0].to(dev, non_blocking=True), self.tokenizer(mb[1]).to(dev),
                     (mb[2].to(dev), mb[3].to(dev)) if len(mb) > 2 else None) for mb in micro_batches]
-        token_losses, study_losses = [], []
+        aux = {name: [] for name in AUX_LOSSES}
 
         def token_term(out, targets, share):
-            """Token and study losses of this micro-batch (its `share` of the batch)."""
+            """Token, study and attention losses of this micro-batch (its `share` of the batch)."""
             if targets is None:
                 return 0.0
             tokens, studies = targets
-            total = 0.0
+            normal = self.token_classes.index(cfg.token_normal_class)
+            total, terms = 0.0, []
             if cfg.token_loss_weight:
-                value = token_class_loss(out["token_logits"], tokens,
-                                         self.token_classes.index(cfg.token_normal_class))
-                token_losses.append(float(value.detach()) * share)
-                total = total + cfg.token_loss_weight * value * share
+                terms.append(("token_loss", cfg.token_loss_weight,
+                              token_class_loss(out["token_logits"], tokens, normal)))
             if cfg.study_loss_weight and bool((studies >= 0).any()):
-                value = torch.nn.functional.cross_entropy(out["study_logits"].float(), studies, ignore_index=-1)
-                study_losses.append(float(value.detach()) * share)
-                total = total + cfg.study_loss_weight * value * share
+                terms.append(("study_loss", cfg.study_loss_weight,
+                              torch.nn.functional.cross_entropy(out["study_logits"].float(), studies, ignore_index=-1)))
+            if cfg.attention_loss_weight:
+                terms.append(("attention_loss", cfg.attention_loss_weight,
+                              attention_target_loss(out["class_attention"], tokens, normal)))
+            for name, weight, value in terms:
+                aux[name].append(float(value.detach()) * share)
+                total = total + weight * value * share
             return total
 
         if len(batches) == 1:
             images, texts, targets = batches[0]
             with autocast(dev, cfg.precision):
                 out = self.net(images, texts)
-                clip_loss = self.loss_fn(**{k: v for k, v in out.items() if not k.endswith("_logits")})
+                clip_loss = self.loss_fn(**{k: v for k, v in out.items() if k in CLIP_KEYS})
                 loss = clip_loss + token_term(out, targets, 1.0)
             loss.backward()
         else:
@@ -435,8 +461,8 @@ class Trainer:
                         clip_loss = self.loss_fn(**feats, **scalars)
                         loss = clip_loss + token_term(out, targets, 1.0 / len(batches))
                     loss.backward()
-        self.last_token_loss = sum(token_losses) if token_losses else None
-        self.last_study_loss = sum(study_losses) if study_losses else None
+        for name in AUX_LOSSES:
+            setattr(self, f"last_{name}", sum(aux[name]) if aux[name] else None)
         if cfg.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
         self.optimizer.step()
@@ -486,7 +512,7 @@ class Trainer:
                 row = {"step": self.step, "epoch": f"{self.step / self.steps_per_epoch:.4f}", "lr": f"{lr:.6g}",
                        "loss": repr(loss), "logit_scale": f"{float(self.model.logit_scale.detach().exp()):.4f}",
                        "step_time_s": f"{time.perf_counter() - started:.3f}"}
-                for name in ("token_loss", "study_loss"):
+                for name in AUX_LOSSES:
                     if getattr(self, f"last_{name}", None) is not None:
                         row[name] = f"{getattr(self, f'last_{name}'):.4f}"
                 if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0 or self.step == self.total_steps:

@@ -288,6 +288,21 @@ def test_report_wording_varies():
 # ---------------------------------------------------------------------------------------------------------------
 # command line
 
+def test_manifest_says_which_series_show_the_finding(dataset):
+    """`series_shows` (one flag per scan file, for the token loss) follows the sequences that carry each label's
+    signature, and every abnormal study shows its finding on at least one series."""
+    from HLIPCore.phantoms.sequences import SHOWS
+    _, entries = dataset
+    for e in entries:
+        sequences = [s["sequence"] for s in e["series"]]
+        assert len(e["series_shows"]) == len(e["nifti"]) == len(sequences)
+        assert e["series_shows"] == [s["shows_finding"] for s in e["series"]]
+        if e["label"] == "normal":
+            assert not any(e["series_shows"])
+        else:
+            assert e["series_shows"] == [q in SHOWS[e["label"]] for q in sequences] and any(e["series_shows"])
+
+
 def test_cli_writes_a_manifest(tmp_path):
     out = tmp_path / "cli"
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -136,3 +136,80 @@ def test_token_loss_needs_series_masks(tmp_path):
     cfg = TrainConfig(train_manifest=str(manifest), steps=1, token_loss_weight=1.0, output_dir=str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="series_masks"):
         Trainer(cfg, progress=False)
+
+
+def test_series_that_do_not_show_the_finding_get_no_lesion_targets(data, tmp_path):
+    """`series_shows` false: that scan's lesion tokens are left out (-1); its other tokens stay normal."""
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    rows[1]["series_shows"] = [False, True]                      # the glioma is seen on the second scan only
+    manifest = tmp_path / "shows.jsonl"
+    for r in rows:                                               # the manifest now lives elsewhere: absolute paths
+        r.update(nifti=[str(data / f) for f in r["nifti"]], series_masks=[str(data / f) for f in r["series_masks"]])
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = Trainer(_config(data, tmp_path / "run", train_manifest=str(manifest), augment=False), resume=None,
+                      progress=False)
+    assert trainer.entries[1].series_shows == [False, True] and trainer.entries[0].series_shows == []
+    trainer.dataset.enable_token_targets(trainer.token_classes, "normal", (2, 4, 4), 0.2)
+    _, _, targets, _ = trainer.dataset[(1, 2, 0)]
+    fractions = trainer.cache.token_targets(trainer.entries[1]).float()
+    glioma, normal = trainer.token_classes.index("glioma"), trainer.token_classes.index("normal")
+    for k in range(2):  # without augmentation the scans come in file order
+        lesion = fractions[k] >= 0.2
+        assert lesion.any() and bool((targets[k][lesion] == (glioma if k == 1 else -1)).all()), k
+        assert bool((targets[k][~lesion] == normal).all())
+
+
+def test_series_shows_must_match_the_scan_files(data, tmp_path):
+    from HLIPCore.errors import InputError
+    from HLIPCore.training.dataset import read_manifest
+    row = json.loads((data / "manifest.jsonl").read_text().splitlines()[0])
+    row["series_shows"] = [True]
+    (tmp_path / "bad.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(InputError, match="series_shows"):
+        read_manifest(tmp_path / "bad.jsonl")
+
+
+def test_attention_loss_is_the_cross_entropy_to_the_lesion_tokens():
+    from HLIPCore.losses import attention_target_loss
+    attention = torch.softmax(torch.randn(3, 6), dim=1)
+    targets = torch.tensor([[0, 2, 2, 0, 0, -1], [0, 0, 0, 0, 0, 0], [1, -1, 0, 0, 0, 0]])
+    expected = (-(torch.log(attention[0, 1]) + torch.log(attention[0, 2])) / 2 - torch.log(attention[2, 0])) / 2
+    torch.testing.assert_close(attention_target_loss(attention, targets, normal_index=0), expected)
+    assert attention_target_loss(attention, torch.zeros(3, 6, dtype=torch.long), 0).item() == 0.0
+
+
+def test_attention_loss_moves_the_class_token_onto_the_lesion(data, tmp_path):
+    """Trained with the attention loss alone (with CLIP), the explained block's class token attends more to the
+    lesion tokens, in the model that is exported (the loss reads the same attention the maps explain)."""
+    cfg = _config(data, tmp_path / "attn", steps=30, augment=False, batch_size=4, token_loss_weight=0.0,
+                  study_loss_weight=0.0, attention_loss_weight=1.0, lr=2e-3)
+    trainer = Trainer(cfg, progress=False)
+
+    def lesion_share():
+        net = trainer.token_net.eval()
+        shares = []
+        with torch.no_grad():
+            for i, entry in enumerate(trainer.entries):
+                if entry.label == "normal":
+                    continue
+                scans, text, targets, _ = trainer.dataset[(i, 2, 0)]
+                out = net(scans[None], trainer.tokenizer([text]))
+                lesion = (targets.reshape(1, -1) > 0) & (targets.reshape(1, -1) != trainer.token_classes.index("normal"))
+                shares.append(float(out["class_attention"][lesion].sum()))
+        return np.mean(shares)
+
+    before = lesion_share()
+    rows = trainer.train()
+    assert all(r.get("attention_loss") for r in rows)
+    assert lesion_share() > 2 * before, (before, lesion_share())
+    from HLIPCore.model.checkpoint import load_state_dict
+    exported = load_state_dict(tmp_path / "attn" / "final" / "model.safetensors")
+    assert set(exported) == set(trainer.model.state_dict())
+
+
+def test_attention_loss_needs_a_study_level_block(data, tmp_path):
+    from HLIPCore.model.factory import get_model_config
+    model = get_model_config("tiny_multiscan_h3")
+    model["vision_cfg"]["attn_layout"] = ["slice", "scan", "scan"]
+    with pytest.raises(ConfigError, match="study-level block"):
+        Trainer(_config(data, tmp_path / "x", model=model, attention_loss_weight=1.0), progress=False)

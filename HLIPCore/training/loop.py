@@ -517,8 +517,11 @@ class Trainer:
                         row[name] = f"{getattr(self, f'last_{name}'):.4f}"
                 if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0 or self.step == self.total_steps:
                     result = self.evaluate()
-                    if result:
+                    if result:  # the log keeps the mean over tasks; each task is shown here and in out/eval/
                         row.update({f"eval_{m}": f"{v:.4f}" for m, v in result["mean"].items()})
+                        if self.progress and self.rank == 0:
+                            from .evaluate import format_table
+                            bar.write(f"zero-shot evaluation at step {self.step}:\n{format_table(result)}")
                 self._log_row(row)
                 rows.append({**row, "loss": loss})
                 self.history.append(rows[-1])

@@ -216,6 +216,18 @@ def test_sigkill_then_resume_continues(data, tmp_path):
     assert (out / "final" / "model.safetensors").is_file()
 
 
+def test_periodic_eval_shows_every_task_not_only_the_logged_mean(data, tmp_path, capsys):
+    cfg = _config(data, tmp_path / "shown", steps=1, batch_size=4, eval_manifest=str(data / "manifest.jsonl"),
+                  prompts="pub_brain_5")
+    Trainer(cfg, progress=True).train()
+    shown = capsys.readouterr()
+    text = shown.out + shown.err
+    assert "zero-shot evaluation at step 1" in text
+    step_eval = json.loads((tmp_path / "shown" / "eval" / "step_000001.json").read_text())
+    for task, r in step_eval["tasks"].items():  # each task's own number, as the eval json has it
+        assert any(line.split()[:1] == [task] and f"{r['balanced_accuracy']:.3f}" in line for line in text.splitlines())
+
+
 @pytest.mark.slow
 def test_periodic_eval_and_hlip_eval_cli(data, tmp_path):
     cfg = _config(data, tmp_path / "ev", steps=2, batch_size=4, eval_manifest=str(data / "manifest.jsonl"),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import attention_maps
-from .data import LoadOptions, PreprocessConfig, ScanSelection, load_study, preprocess_study, select_scans
+from .data import LoadOptions, ScanSelection, load_study, model_preprocess_config, preprocess_study, select_scans
 from .errors import ConfigError, HLIPError
 from .report import SCHEMA, read_report, safe_name, write_map_nifti, write_report, write_scores_csv
 
@@ -37,18 +37,6 @@ class AnalyzeOptions:
     download: bool = False
 
 
-def preprocess_config(preprocess: dict, model_cfg: dict, num_slices: Optional[int] = None) -> PreprocessConfig:
-    """The model's own preprocessing (every field its config or catalog entry sets, e.g. `mri_spacing`), on the
-    model's grid unless given, with an optional depth override."""
-    pre = {"mode": "auto", "img_size": model_cfg["vision_cfg"]["img_size"], **preprocess}
-    if num_slices:
-        pre["num_slices"] = num_slices
-    try:
-        return PreprocessConfig(**pre)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model preprocessing {preprocess}: {exc}") from None
-
-
 class Analyzer:
     def __init__(self, options: AnalyzeOptions):
         from .model.precision import check_precision, prepare_for_inference, resolve_device
@@ -68,7 +56,9 @@ class Analyzer:
         self.prompt_set = load_prompt_set(options.prompts or default_prompts)
         self.classifier = build_classifier(self.model, self.tokenizer, self.prompt_set, self.resolved.checkpoint)
         prepare_for_inference(self.model, self.precision)
-        self.preprocess = preprocess_config(self.resolved.preprocess, self.resolved.config, options.num_slices)
+        self.preprocess = model_preprocess_config(self.resolved.preprocess, self.resolved.config,
+                                                  options.num_slices,
+                                                  f"model preprocessing {self.resolved.preprocess}")
         self.targets_all = [(t.name, c.name) for t in self.prompt_set.tasks for c in t.classes]
 
     # -- steps -------------------------------------------------------------------------------------------------

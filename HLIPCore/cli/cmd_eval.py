@@ -25,7 +25,7 @@ def run(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from ..analyze import preprocess_config
+    from ..data import model_preprocess_config
     from ..model.precision import resolve_device
     from ..model.resolve import load_model
     from ..prompts import load_prompt_set
@@ -39,7 +39,8 @@ def run(args) -> int:
     entries = read_manifest(args.manifest, need_report=False)
     labels = read_document(Path(args.labels), "label map") if args.labels else None
     with tempfile.TemporaryDirectory(prefix="hlip-eval-") as tmp:
-        cache = StudyCache(args.cache_dir or tmp, preprocess_config(resolved.preprocess, resolved.config), max_scans=args.max_scans)
+        pre = model_preprocess_config(resolved.preprocess, resolved.config, source=f"model preprocessing {resolved.preprocess}")
+        cache = StudyCache(args.cache_dir or tmp, pre, max_scans=args.max_scans)
         result = evaluate(model, tokenizer, entries, prompt_set, cache, labels, device, args.dtype,
                           progress=not args.no_progress, out_dir=Path(args.out) if args.out else None)
     print(f"{resolved.model_id} on {args.manifest} ({result['studies']} studies, prompts {prompt_set.name})")

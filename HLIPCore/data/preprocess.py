@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .study import Scan, Study
 from .transforms import (CenterPadCrop, Normalize, PadToSquare, PercentileClipMinMax, Resize, TransformRecord,
                          Window, apply_step, current_spacing, reorient_step, through_plane_step)
@@ -94,6 +94,20 @@ class PreparedStudy:
     tensor: torch.Tensor          # [N, 1, D, H, W] float32
     scans: List[Scan] = field(default_factory=list)
     records: List[TransformRecord] = field(default_factory=list)
+
+
+def model_preprocess_config(preprocess: dict, model_cfg: dict, num_slices: Optional[int] = None,
+                            source: str = "model preprocessing") -> PreprocessConfig:
+    """A model's own preprocessing: every field its config, catalog entry or training config sets (e.g.
+    `mri_spacing`), on the model's grid unless `img_size` is given, with an optional depth override. Analysis,
+    evaluation and training all build it here, so the three never disagree. `source` names it in errors."""
+    pre = {"mode": "auto", "img_size": model_cfg["vision_cfg"]["img_size"], **preprocess}
+    if num_slices:
+        pre["num_slices"] = num_slices
+    try:
+        return PreprocessConfig(**pre)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def preprocess_scan(scan: Scan, cfg: Optional[PreprocessConfig] = None) -> PreparedScan:

@@ -37,7 +37,7 @@ class HLIPVisionTransformer(VisionTransformer):
     def __init__(self, attn_layout, img_size: Sequence[int] = (48, 224, 224), patch_size: Sequence[int] = (8, 16, 16),
                  max_num_scans: int = 40, stem: Optional[dict] = None, **kwargs):
         """`stem`: None for HLIP's linear patch embedding (the released models), or the arguments of a
-        `ConvStem3D` ({"layers": [[channels, stride, kernel], ...], "norm": "group"})."""
+        `ConvStem3D` ({"layers": [[channels, stride, kernel], ...], "norm": "batch"})."""
         layout = parse_layout(attn_layout)
         kwargs.setdefault("attn_layer", HLIPAttention)
         embed_layer = PatchEmbed3D if stem is None else partial(ConvStem3D, **stem)

@@ -38,17 +38,18 @@ def balanced_labels(n: int, seed: int, labels: Sequence[str] = LABELS) -> List[s
 def manifest_entry(study: PhantomStudy, paths: dict, root: Path) -> dict:
     rel = lambda p: None if p is None else os.path.relpath(p, root).replace(os.sep, "/")
     series = []
+    shows = [_shows(study, s) for s in study.images]
     for n, s in enumerate(study.images):
         series.append({"sequence": s.sequence, "description": s.description, "plane": s.geometry.plane,
                        "series_number": s.series_number, "shape": list(s.array.shape),
-                       "spacing": [round(v, 4) for v in s.geometry.spacing], "shows_finding": _shows(study, s),
+                       "spacing": [round(v, 4) for v in s.geometry.spacing], "shows_finding": shows[n],
                        "nifti": rel(paths["nifti"][n]) if paths["nifti"] else None, "mask": rel(paths["masks"][n])})
     others = [{"kind": s.kind, "description": s.description, "series_number": s.series_number}
               for s in study.series if s.kind != "image"]
     return {"study_id": study.study_id, "study": rel(paths["dicom"]) or rel(str(Path(paths["report"]).parent / "nifti")),
             "nifti": [rel(p) for p in paths["nifti"]], "report": study.report, "label": study.label,
             "mask": rel(paths["world_mask"]), "series_masks": [rel(p) for p in paths["masks"]],
-            "series_shows": [_shows(study, s) for s in study.images], "seed": study.seed,
+            "series_shows": shows, "seed": study.seed,
             "vendor": study.vendor, "series": series, "non_image_series": others, "findings": study.findings}
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..data import model_preprocess_config
 from ..errors import CheckpointError, ConfigError
 from ..losses import attention_target_loss, create_loss, token_class_loss
 from ..model.checkpoint import atomic_write, save_safetensors, save_torch_atomic
@@ -127,15 +128,6 @@ def deep_merge(base: dict, changes: dict) -> dict:
     return out
 
 
-def preprocess_config(cfg: TrainConfig, mcfg: dict):
-    from ..data import PreprocessConfig
-    merged = {**mcfg.get("preprocess", {}), **cfg.preprocess}
-    try:
-        return PreprocessConfig(**merged)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"training config: 'preprocess': {exc}") from None
-
-
 def make_tokenizer(cfg: TrainConfig, mcfg: dict, reports: List[str], out: Path, rank: int, world: int):
     from ..model.factory import create_tokenizer
     source = cfg.tokenizer
@@ -219,7 +211,8 @@ class Trainer:
         if cfg.study_loss_weight and not any(e.label for e in self.entries):
             raise ConfigError(f"training config: 'study_loss_weight': {cfg.train_manifest} has no 'label's")
         self.mcfg, init_weights = model_config(cfg)
-        self.preprocess = preprocess_config(cfg, self.mcfg)
+        self.preprocess = model_preprocess_config({**self.mcfg.get("preprocess", {}), **cfg.preprocess}, self.mcfg,
+                                                  source="training config: 'preprocess'")
         self.mcfg["preprocess"] = {k: list(v) if isinstance(v, tuple) else v
                                    for k, v in vars(self.preprocess).items()}
         self.cache = StudyCache(cfg.cache_dir or self.out / "cache", self.preprocess, max_scans=cfg.max_scans_eval)

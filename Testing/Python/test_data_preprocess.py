@@ -224,3 +224,13 @@ def test_fast_percentiles_equal_numpy(kind):
             "few_values": rng.integers(0, 4, n).astype(np.float32),
             "mostly_zero": np.where(rng.random(n) < 0.8, 0, rng.gamma(2, 100, n)).astype(np.float32)}[kind]
     assert exact_percentiles(data, (0.5, 99.5)) == [float(v) for v in np.percentile(data, (0.5, 99.5))]
+
+
+def test_model_preprocess_config_is_the_models_own_grid_and_names_its_source():
+    from HLIPCore.data import model_preprocess_config
+    from HLIPCore.errors import ConfigError
+    model_cfg = {"vision_cfg": {"img_size": [32, 128, 128]}}
+    cfg = model_preprocess_config({"mode": "mri", "mri_spacing": [5, 1.6, 1.6]}, model_cfg, num_slices=40)
+    assert cfg.img_size == (32, 128, 128) and cfg.mri_spacing == (5.0, 1.6, 1.6) and cfg.tensor_shape[0] == 40
+    with pytest.raises(ConfigError, match=r"^training config: 'preprocess': .*mri_spacing"):
+        model_preprocess_config({"mri_spacing": [5, 0]}, model_cfg, source="training config: 'preprocess'")

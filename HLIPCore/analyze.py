@@ -29,7 +29,7 @@ class AnalyzeOptions:
     device: str = "auto"
     precision: str = "fp32"
     attention: str = "top"                   # top | all | none | a class name (or task/class)
-    attention_method: str = "gradcam"        # gradcam | rollout
+    attention_method: str = "auto"           # auto | gradcam | refined | rollout (attention_maps.py)
     num_slices: Optional[int] = None         # depth of the model input; default: the model's catalog entry
     selection: ScanSelection = field(default_factory=ScanSelection)
     load: LoadOptions = field(default_factory=LoadOptions)
@@ -45,7 +45,7 @@ class Analyzer:
         from .zeroshot import build_classifier
 
         if options.attention_method not in attention_maps.METHODS:
-            raise ConfigError(f"attention method must be one of {attention_maps.METHODS}")
+            raise ConfigError(f"attention method must be one of {', '.join(attention_maps.METHODS)}")
         self.options = options
         self.device = resolve_device(options.device)
         self.precision = check_precision(options.precision)
@@ -56,6 +56,10 @@ class Analyzer:
         self.prompt_set = load_prompt_set(options.prompts or default_prompts)
         self.classifier = build_classifier(self.model, self.tokenizer, self.prompt_set, self.resolved.checkpoint)
         prepare_for_inference(self.model, self.precision)
+        try:
+            self.attention_method = attention_maps.resolve_method(self.model, options.attention_method)
+        except ValueError as exc:
+            raise ConfigError(f"{self.resolved.model_id}: {exc}") from None
         self.preprocess = model_preprocess_config(self.resolved.preprocess, self.resolved.config,
                                                   options.num_slices,
                                                   f"model preprocessing {self.resolved.preprocess}")
@@ -84,13 +88,14 @@ class Analyzer:
                 with torch.inference_mode():
                     feats = self.model.encode_image(x)
                 return self.classifier.scores(feats)[0], {}
-            if self.options.attention_method == "rollout":
+            if self.attention_method == "rollout":
                 feats, relevance = attention_maps.rollout(self.model, x)
                 scores = self.classifier.scores(feats)[0]
                 # class-agnostic: one map, whatever the classes asked for
                 return scores, ({("rollout", "class-agnostic"): relevance} if targets_for(scores) else {})
             feats, maps = attention_maps.gradcam(self.model, self.classifier, x,
-                                                 lambda f: targets_for(self.classifier.scores(f)[0]))
+                                                 lambda f: targets_for(self.classifier.scores(f)[0]),
+                                                 refine=self.attention_method == "refined")
             return self.classifier.scores(feats)[0], maps
 
     def analyze(self, source, out_dir: Union[str, Path], name: Optional[str] = None,
@@ -163,7 +168,7 @@ class Analyzer:
                     write_map_nifti(volume, scan.affine, out_dir / rel)
                     written[key] = rel.as_posix()
                 entries.append({"task": task, "class": cls, "scan_index": index, "file": written[key],
-                                "method": self.options.attention_method})
+                                "method": self.attention_method})
         return entries
 
     def build_report(self, name: str, study, scores: dict, timings: dict) -> dict:

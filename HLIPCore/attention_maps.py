@@ -9,15 +9,44 @@ first, following the class token through the hierarchy (its copies in windows ar
 so relevance splits evenly among them going backwards). No backward pass, but every block computes its
 attention explicitly.
 
-Maps come back as [N_scans, D', H', W'] on the token grid; `upsample_to_grid` brings them to the model input
-grid, from where each scan's preprocessing record maps them onto the original voxels.
+`refined` (models with a convolutional stem): the gradcam map, a value per token (for the demo model a token is
+40 x 26 x 26 mm, larger than a metastasis), multiplied by a LayerCAM map (Jiang et al. 2021) of the conv stem at
+a finer stride: sum over channels of relu(d score / d a) * a, for the activations a of `refine_layer(stem)`.
+As in Guided Grad-CAM, the coarse map says which token explains the class and the fine map which voxels inside
+it; both come from one backward pass, now through the whole trunk.
+
+Maps come back as [N_scans, d, h, w] on the token grid (or the stem layer's finer grid); `upsample_to_grid`
+brings them to the model input grid, from where each scan's preprocessing record maps them onto the original
+voxels.
 """
 from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
-METHODS = ("gradcam", "rollout")
+METHODS = ("auto", "gradcam", "refined", "rollout")  # auto: refined for a conv-stem model, else gradcam
+
+
+def has_conv_stem(model) -> bool:
+    return hasattr(model.visual.trunk.patch_embed, "convs")
+
+
+def resolve_method(model, method: str) -> str:
+    """The map method a request means for this model ('auto' -> the finest it supports)."""
+    if method not in METHODS:
+        raise ValueError(f"attention method must be one of {', '.join(METHODS)}, not {method!r}")
+    if method == "auto":
+        return "refined" if has_conv_stem(model) else "gradcam"
+    if method == "refined" and not has_conv_stem(model):
+        raise ValueError("attention method 'refined' needs a model with a convolutional stem; this one embeds "
+                         "patches linearly (use gradcam)")
+    return method
+
+
+def refine_layer(stem):
+    """The activation (ReLU) after the stem's first stage: the finest grid, 1/4 of the token size per axis in
+    the demo model."""
+    return stem.convs[2]
 
 
 def explained_block(trunk) -> int:
@@ -38,19 +67,24 @@ def _class_token_rows(cam: torch.Tensor, num_scans: int, grid) -> torch.Tensor:
     return cam[:, 0, 1:].reshape(num_scans, *grid).float()
 
 
-def gradcam(model, classifier, study: torch.Tensor, choose_targets: Callable[[torch.Tensor], List[Tuple[str, str]]]):
+def gradcam(model, classifier, study: torch.Tensor, choose_targets: Callable[[torch.Tensor], List[Tuple[str, str]]],
+            refine: bool = False):
     """(image features [1, E] detached, {(task, class): relevance [N, D', H', W']}).
 
     `choose_targets(features)` names the classes to explain once the features (hence the scores) are known,
-    so one forward pass serves both scoring and the maps."""
+    so one forward pass serves both scoring and the maps. `refine`: the `refined` method (module docstring)."""
     trunk = model.visual.trunk
     index = explained_block(trunk)
     attn = trunk.blocks[index].attn
     num_scans, grid = token_grid(trunk, study)
     attn.record = "probs"
+    fine, hook = [], None
+    if refine:  # the graph must reach the stem: start it at the input, whatever the weights' requires_grad
+        hook = refine_layer(trunk.patch_embed).register_forward_hook(lambda module, inp, out: fine.append(out))
+        study = study.detach().requires_grad_(True)
     try:
         with torch.enable_grad():
-            tokens = trunk.forward_features(study, grad_from_block=index, class_token_only=True)
+            tokens = trunk.forward_features(study, grad_from_block=None if refine else index, class_token_only=True)
             features = model.visual.head(trunk.forward_head(tokens))
             probs = attn.attn_probs
             targets = choose_targets(features.detach())
@@ -59,12 +93,18 @@ def gradcam(model, classifier, study: torch.Tensor, choose_targets: Callable[[to
                 signature = classifier.score_signature(task, cls) if hasattr(classifier, "score_signature") else i
                 if signature not in by_signature:  # the same score function gives the same map: compute it once
                     score = classifier.class_score(features, task, cls).sum()
-                    (grad,) = torch.autograd.grad(score, probs, retain_graph=True)
-                    cam = (grad.float() * probs.detach().float()).clamp(min=0).mean(dim=1)
-                    by_signature[signature] = _class_token_rows(cam, num_scans, grid)
+                    grads = torch.autograd.grad(score, [probs] + fine[:1], retain_graph=True)
+                    cam = (grads[0].float() * probs.detach().float()).clamp(min=0).mean(dim=1)
+                    relevance = _class_token_rows(cam, num_scans, grid)
+                    if refine:
+                        layer = (grads[1].float().clamp(min=0) * fine[0].detach().float()).sum(dim=1)
+                        relevance = upsample_to_grid(relevance, layer.shape[-3:]) * layer
+                    by_signature[signature] = relevance
                 maps[(task, cls)] = by_signature[signature]
     finally:
         attn.record, attn.attn_probs = None, None
+        if hook is not None:
+            hook.remove()
     return features.detach(), maps
 
 

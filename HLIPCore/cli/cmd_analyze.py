@@ -14,7 +14,8 @@ def add_parser(sub):
     p.add_argument("--prompts", default=None, help="built-in prompt set name or JSON/YAML file (default: the model's)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--attention", default="top", help="top | all | none | CLASS or TASK/CLASS (default: top)")
-    p.add_argument("--attention-method", default="gradcam", choices=["gradcam", "rollout"])
+    p.add_argument("--attention-method", default="auto", choices=["auto", "gradcam", "refined", "rollout"],
+                   help="auto (default): refined for a model with a conv stem, else gradcam (the reference's)")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="inference precision")
     p.add_argument("--num-slices", type=int, help="model input depth (default: the model's)")

@@ -1,7 +1,7 @@
 """Pointing game: does the attention map's hottest voxel fall inside the ground-truth lesion?
 
 For each labelled study with a mask, the map of its true class (in `task`) is computed exactly as `hlip analyze`
-computes it (same preprocessing, gradient-weighted attention, mapping back to each scan's original voxels); the
+computes it (same preprocessing, the analyzer's map method, mapping back to each scan's original voxels); the
 voxel with the highest value over all scans is taken to RAS millimetres through its scan's affine and looked up
 in the lesion mask (NIfTI, any grid; 1 = lesion). Studies whose class is not a lesion class are not counted.
 """
@@ -9,9 +9,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .. import attention_maps
 from ..data import load_study, preprocess_study, select_scans
-from ..model.precision import autocast
 
 
 def _lesion_at(mask_path, ras: np.ndarray) -> bool:
@@ -29,10 +27,8 @@ def hottest_point(analyzer, source, target) -> np.ndarray:
     """RAS (mm) of the maximum of `target`'s map over all scans of the study, on the original voxels."""
     study = select_scans(load_study(source, analyzer.options.load), analyzer.options.selection)
     prepared = preprocess_study(study, analyzer.preprocess)
-    with autocast(analyzer.device, analyzer.precision):
-        _, maps = attention_maps.gradcam(analyzer.model, analyzer.classifier, prepared.tensor[None].to(analyzer.device),
-                                         lambda features: [target])
-    volumes = analyzer.maps_on_original_voxels(maps, prepared)[target]
+    _, maps = analyzer.run_model(prepared.tensor, lambda scores: [target])
+    volumes = next(iter(analyzer.maps_on_original_voxels(maps, prepared).values()))  # rollout: one class-free map
     best = int(np.argmax([v.max() for v in volumes]))
     k, j, i = np.unravel_index(int(np.argmax(volumes[best])), volumes[best].shape)
     return (np.asarray(study.scans[best].affine) @ np.array([i, j, k, 1.0]))[:3]

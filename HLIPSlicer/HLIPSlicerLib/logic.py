@@ -114,7 +114,7 @@ class AnalysisLogic(ScriptedLoadableModuleLogic):
                        logCallback: Optional[Callable[[str], None]] = None,
                        completedCallback: Optional[Callable[[AnalysisRun], None]] = None, blocking: bool = True,
                        device: str = "auto", precision: str = "fp32", attention: str = "all",
-                       attentionMethod: str = "gradcam", numSlices: Optional[int] = None, maxScans: int = 40,
+                       attentionMethod: str = "auto", numSlices: Optional[int] = None, maxScans: int = 40,
                        name: Optional[str] = None, config: Optional[str] = None, tokenizer: Optional[str] = None):
         """Analyse the study made of `volumeNodes` in the worker process.
 
@@ -141,7 +141,7 @@ class AnalysisLogic(ScriptedLoadableModuleLogic):
     def analyzeFolder(self, folder, modelId: str = DEFAULT_MODEL, promptSet=None, outputFolder=None,
                       progressCallback=None, logCallback=None, completedCallback=None, blocking: bool = True,
                       device: str = "auto", precision: str = "fp32", attention: str = "all",
-                      attentionMethod: str = "gradcam", numSlices=None, maxScans: int = 40, name=None,
+                      attentionMethod: str = "auto", numSlices=None, maxScans: int = 40, name=None,
                       config=None, tokenizer=None):
         """Analyse a DICOM folder / DICOMDIR / NIfTI or NRRD file without loading it first: the worker reads it,
         and the scans it used are then loaded as volume nodes (the map backgrounds)."""

@@ -12,6 +12,7 @@ import torch
 
 from data_fixtures import affine_from, blob_volume, dicomdir_tests_folder, write_series
 from HLIPCore.analyze import AnalyzeOptions, Analyzer, analyze_batch
+from HLIPCore.errors import ConfigError
 from HLIPCore.prompts import PromptSet, load_prompt_set
 from HLIPCore.zeroshot import build_classifier, encode_texts, ensemble
 
@@ -95,6 +96,11 @@ def test_template_ensembling_equals_formula(tiny_model_dir, tmp_path):
     model.text.forward = None  # would fail if called
     cached = build_classifier(model, tok, ps, cache=tmp_path)
     torch.testing.assert_close(cached.weights["d"], clf.weights["d"])
+    # the score a map explains: the class's log-probability in a multiclass task (what sets it apart from the
+    # task's other classes), whose gradient ignores what raises every class's logit alike
+    feats = torch.nn.functional.normalize(torch.randn(3, e.shape[1]), dim=-1)
+    torch.testing.assert_close(clf.class_score(feats, "d", "A"), torch.log_softmax(clf.logits(feats)["d"], -1)[:, 0])
+    assert clf.score_signature("d", "A") != clf.score_signature("d", "B")
 
 
 def test_batch_continues_past_a_corrupt_study_and_skips_finished(tiny_model_dir, study_dir, tmp_path):
@@ -117,6 +123,14 @@ def test_batch_continues_past_a_corrupt_study_and_skips_finished(tiny_model_dir,
 def test_rollout_maps(tiny_model_dir, study_dir, tmp_path):
     report = Analyzer(options(tiny_model_dir, attention_method="rollout")).analyze(study_dir, tmp_path / "r")
     assert {(m["task"], m["class"]) for m in report["maps"]} == {("rollout", "class-agnostic")}
+
+
+def test_map_method_auto_is_gradcam_for_a_linear_patch_model_and_refined_is_refused(tiny_model_dir, study_dir,
+                                                                                     tmp_path):
+    report = Analyzer(options(tiny_model_dir)).analyze(study_dir, tmp_path / "auto")
+    assert {m["method"] for m in report["maps"]} == {"gradcam"}
+    with pytest.raises(ConfigError, match="convolutional stem"):
+        Analyzer(options(tiny_model_dir, attention_method="refined"))
 
 
 @pytest.mark.slow

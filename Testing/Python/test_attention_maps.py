@@ -98,3 +98,62 @@ def test_gradcam_maps_are_per_class_and_on_the_token_grid():
     assert up.shape == (3, *IMG)
     norm = attention_maps.normalise({"a": up})["a"]
     assert norm.min() == 0 and norm.max() == 1
+
+
+def _conv_stem_model():
+    from HLIPCore.model.factory import get_model_config
+    cfg = get_model_config("tiny_multiscan_h3")
+    cfg["vision_cfg"]["attn_layout"] = ["scan", "study", "scan", "study"]
+    cfg["vision_cfg"]["stem"] = {"layers": [[8, [2, 4, 4], [2, 4, 4]], [16, 2, 3], [16, [2, 2, 2], 3]], "norm": "batch"}
+    torch.manual_seed(0)
+    return create_model(cfg).eval()
+
+
+def test_method_auto_means_refined_for_a_conv_stem_and_gradcam_otherwise():
+    assert attention_maps.resolve_method(_conv_stem_model(), "auto") == "refined"
+    linear = _model(["scan", "study"])
+    assert attention_maps.resolve_method(linear, "auto") == "gradcam"
+    assert attention_maps.resolve_method(linear, "rollout") == "rollout"
+    with pytest.raises(ValueError, match="convolutional stem"):
+        attention_maps.resolve_method(linear, "refined")
+    with pytest.raises(ValueError, match="one of"):
+        attention_maps.resolve_method(linear, "lrp")
+
+
+def test_refined_map_is_gradcam_times_the_stem_layercam_on_the_finer_grid():
+    """Checked against an independent computation: autograd of the class score with respect to the stem layer's
+    activation (captured by our own hook) and to the explained block's attention."""
+    model = _conv_stem_model()
+    feats_dim = model.visual.head.proj.out_features
+    weights = torch.nn.functional.normalize(torch.randn(2, feats_dim, generator=torch.Generator().manual_seed(2)), dim=-1)
+
+    class Classifier:
+        def class_score(self, features, task, cls):
+            return features @ weights[int(cls)]
+
+    x = torch.randn(1, 2, 1, *IMG)
+    _, coarse = attention_maps.gradcam(model, Classifier(), x, lambda f: [("t", "0")])
+    _, refined = attention_maps.gradcam(model, Classifier(), x, lambda f: [("t", "0")], refine=True)
+    m = refined[("t", "0")]
+    assert m.shape == (2, 8, 16, 16) and (m >= 0).all()  # the stem's first stage: stride (2, 4, 4)
+    assert all(b.attn.record is None for b in model.visual.trunk.blocks)
+    assert not model.visual.trunk.patch_embed.convs[2]._forward_hooks  # the hook is removed again
+
+    seen = []
+    handle = model.visual.trunk.patch_embed.convs[2].register_forward_hook(lambda mod, i, o: seen.append(o))
+    trunk, attn = model.visual.trunk, model.visual.trunk.blocks[-1].attn
+    attn.record = "probs"
+    try:
+        xin = x.clone().requires_grad_(True)
+        feats = model.visual.head(trunk.forward_head(trunk.forward_features(xin, class_token_only=True)))
+        score = Classifier().class_score(feats, "t", "0").sum()
+        g_attn, g_act = torch.autograd.grad(score, [attn.attn_probs, seen[0]])
+        token = (g_attn * attn.attn_probs).clamp(min=0).mean(1)[:, 0, 1:].reshape(2, 2, 4, 4)
+        layercam = (g_act.clamp(min=0) * seen[0]).sum(1)
+    finally:
+        attn.record, attn.attn_probs = None, None
+        handle.remove()
+    torch.testing.assert_close(coarse[("t", "0")], token.detach(), rtol=1e-4, atol=1e-8)
+    expected = attention_maps.upsample_to_grid(token.detach(), (8, 16, 16)) * layercam.detach()
+    torch.testing.assert_close(m, expected, rtol=1e-4, atol=1e-8)
+    assert float(m.max()) > 0

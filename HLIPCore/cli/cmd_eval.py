@@ -18,6 +18,8 @@ def add_parser(sub):
     p.add_argument("--pointing", metavar="TASK", nargs="?", const="disease",
                    help="also play the pointing game on studies with a lesion mask: is the map peak of the true "
                         "class of TASK (default: disease) inside the lesion?")
+    p.add_argument("--attention-method", default="auto", choices=["auto", "gradcam", "refined", "rollout"],
+                   help="map method of the pointing game, as in hlip analyze (default: auto)")
     p.set_defaults(func=run)
 
 
@@ -47,13 +49,18 @@ def run(args) -> int:
     print(format_table(result))
     if result["failed"]:
         print(f"{len(result['failed'])} study(ies) could not be read: {', '.join(result['failed'][:5])}")
+    if not result["studies"]:
+        print(f"hlip eval: error: {args.manifest}: no study could be evaluated")
+        return 1
     if args.pointing:
         from ..analyze import AnalyzeOptions, Analyzer
         from ..training.pointing import pointing_game
         analyzer = Analyzer(AnalyzeOptions(model=args.model, config=args.config, tokenizer=args.tokenizer,
-                                           prompts=args.prompts, device=args.device, precision=args.dtype))
+                                           prompts=args.prompts, device=args.device, precision=args.dtype,
+                                           attention_method=args.attention_method))
         game = pointing_game(analyzer, entries, task=args.pointing, progress=not args.no_progress)
-        print(f"pointing game ({args.pointing}, map peak inside the lesion; {game.pop('n')} lesion studies):")
+        print(f"pointing game ({args.pointing}, {analyzer.attention_method} map peak inside the lesion; "
+              f"{game.pop('n')} lesion studies):")
         for cls, value in game.items():
             print(f"  {cls:<14} {value:.3f}" if value is not None else f"  {cls:<14} -")
     if args.out:

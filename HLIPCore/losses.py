@@ -4,6 +4,8 @@ Under torch.distributed each process scores its own images and texts against the
 (gathered with gradients), so N processes with batch B give the same loss and gradients as one process with
 batch N*B.
 """
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -25,30 +27,60 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(features), dim=0)
 
 
+def gather_labels(labels: torch.Tensor) -> torch.Tensor:
+    """All processes' labels [B] (no gradient), concatenated in rank order like the features."""
+    _, world = _world()
+    if world == 1:
+        return labels
+    parts = [torch.empty_like(labels) for _ in range(world)]
+    dist.all_gather(parts, labels.contiguous())
+    return torch.cat(parts)
+
+
+def positive_pairs(labels: Optional[torch.Tensor], rows: int, columns: int, offset: int, device) -> torch.Tensor:
+    """[rows, columns] bool: which image-text pairs are positives. Without labels the matching pair only (CLIP);
+    with labels ([rows] this process's, -1 = unlabelled) also every pair whose two studies share a label
+    (UniCL, Yang et al. 2022): two glioma studies in one batch are then not pushed apart as negatives."""
+    eye = torch.zeros(rows, columns, dtype=torch.bool, device=device)
+    eye[torch.arange(rows, device=device), torch.arange(rows, device=device) + offset] = True
+    if labels is None:
+        return eye
+    everyone = gather_labels(labels)
+    same = (labels[:, None] == everyone[None, :]) & (labels[:, None] >= 0)
+    return eye | same
+
+
 class ClipLoss(nn.Module):
-    """mean of cross-entropy over image->text and text->image logits; positives on the diagonal."""
+    """mean of cross-entropy over image->text and text->image logits; positives on the diagonal (or, with
+    `labels`, spread evenly over every same-label pair: `positive_pairs`)."""
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias=None) -> torch.Tensor:
+                logit_bias=None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         rank, _ = _world()
         all_text, all_image = gather_with_grad(text_features), gather_with_grad(image_features)
         logits_per_image = logit_scale * image_features @ all_text.T
         logits_per_text = logit_scale * text_features @ all_image.T
-        labels = torch.arange(image_features.shape[0], device=image_features.device) + rank * image_features.shape[0]
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        b = image_features.shape[0]
+        if labels is None:
+            targets = torch.arange(b, device=image_features.device) + rank * b
+        else:
+            positive = positive_pairs(labels, b, all_text.shape[0], rank * b, image_features.device).float()
+            targets = positive / positive.sum(dim=1, keepdim=True)
+        return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
 
 
 class SigLipLoss(nn.Module):
-    """-sum log sigmoid(z_ij * (scale * <x_i, y_j> + bias)) / B, z = +1 on matching pairs and -1 elsewhere."""
+    """-sum log sigmoid(z_ij * (scale * <x_i, y_j> + bias)) / B, z = +1 on matching pairs (with `labels`, on
+    every same-label pair) and -1 elsewhere."""
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor) -> torch.Tensor:
+                logit_bias: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         rank, _ = _world()
         all_text = gather_with_grad(text_features)
         logits = logit_scale * image_features @ all_text.T + logit_bias
         b = image_features.shape[0]
-        signs = -torch.ones_like(logits)
-        signs[torch.arange(b), torch.arange(b) + rank * b] = 1.0
+        positive = positive_pairs(labels, b, all_text.shape[0], rank * b, logits.device)
+        signs = positive.float() * 2 - 1
         return -F.logsigmoid(signs * logits).sum() / b
 
 
@@ -68,15 +100,21 @@ def token_class_loss(logits: torch.Tensor, targets: torch.Tensor, normal_index: 
     return torch.stack(parts).mean() if parts else logits.sum() * 0.0
 
 
-def attention_target_loss(class_attention: torch.Tensor, targets: torch.Tensor, normal_index: int) -> torch.Tensor:
+def attention_target_loss(class_attention: torch.Tensor, targets: torch.Tensor, normal_index: int,
+                          weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cross-entropy between the class token's attention over the patch tokens [B, L] (probabilities, mean over
-    heads) and the uniform distribution over each study's lesion tokens (targets [B, ...] as for
-    `token_class_loss`: lesion tokens are those >= 0 and != normal_index). Studies without a lesion token are left
-    out. Minimal when all attention lies on the lesion, spread evenly over it."""
+    heads) and a target distribution over each study's lesion: `weights` [B, ...] (L values per study, e.g. the
+    fraction of each token the lesion core fills) normalised per study, or, for a study whose weights are all
+    zero or without weights, uniform over its lesion tokens (targets [B, ...] as for `token_class_loss`: lesion
+    tokens are those >= 0 and != normal_index). Studies with neither are left out. Minimal when the attention
+    equals the target."""
     t = targets.reshape(targets.shape[0], -1)
-    lesion = ((t >= 0) & (t != normal_index)).float()
-    has = lesion.sum(dim=1) > 0
+    target = ((t >= 0) & (t != normal_index)).float()
+    if weights is not None:
+        w = weights.reshape(weights.shape[0], -1).float()
+        target = torch.where(w.sum(dim=1, keepdim=True) > 0, w, target)
+    has = target.sum(dim=1) > 0
     if not bool(has.any()):
         return class_attention.sum() * 0.0
-    target = lesion[has] / lesion[has].sum(dim=1, keepdim=True)
+    target = target[has] / target[has].sum(dim=1, keepdim=True)
     return -(target * torch.log(class_attention[has].float().clamp(min=1e-12))).sum(dim=1).mean()

@@ -25,8 +25,11 @@ class TrainConfig:
     init_checkpoint: Optional[str] = None          # weights to start from (any file `hlip convert` accepts)
     tokenizer: Optional[str] = None                # folder / hub name; "build" = WordPiece from the training reports
     siglip: bool = False
+    clip_label_positives: bool = False             # also same-label pairs of a batch are positives (UniCL); needs
+    #   the manifest's 'label': with few classes a batch holds several studies of one class, and plain CLIP would
+    #   push their reports apart as negatives
     # data
-    train_manifest: str = ""
+    train_manifest: Union[str, List[str]] = ""      # one manifest or a list of them (their studies are joined)
     eval_manifest: Optional[str] = None
     prompts: Optional[str] = None                  # prompt set for the zero-shot evaluation
     eval_labels: Dict[str, Dict[str, str]] = field(default_factory=dict)  # task -> {manifest label: class}
@@ -107,6 +110,10 @@ class TrainConfig:
         from .report_text import MODES
         if self.report_text not in MODES:
             bad("report_text", f"must be one of {', '.join(MODES)}, got {self.report_text!r}")
+        manifests = self.train_manifest if isinstance(self.train_manifest, (list, tuple)) else [self.train_manifest]
+        if not all(isinstance(m, str) for m in manifests) or (isinstance(self.train_manifest, list)
+                                                            and not all(manifests)):
+            bad("train_manifest", f"must be a manifest path or a list of them, got {self.train_manifest!r}")
         if not isinstance(self.model, (str, dict)) or not self.model:
             bad("model", "must be a config name, a path or a config mapping")
         if not isinstance(self.eval_labels, dict) or not all(isinstance(v, dict) for v in self.eval_labels.values()):
@@ -155,9 +162,14 @@ class TrainConfig:
 
 
 def resolve_paths(data: dict, base_dir: Path) -> dict:
+    def resolve(value: str) -> str:
+        return str((base_dir / value).resolve()) if not Path(value).is_absolute() else value
+
     for key in PATH_KEYS:
         if isinstance(data.get(key), str) and data[key]:
-            data[key] = str((base_dir / data[key]).resolve()) if not Path(data[key]).is_absolute() else data[key]
+            data[key] = resolve(data[key])
+        elif key == "train_manifest" and isinstance(data.get(key), (list, tuple)):
+            data[key] = [resolve(v) if isinstance(v, str) and v else v for v in data[key]]
     for key in MAYBE_PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute() and (base_dir / value).exists():

@@ -3,7 +3,8 @@
 Manifest: one JSON object per line with `study` (a DICOM folder, NIfTI/NRRD file, or a list of files; `nifti`
 is used when `study` is absent), `report` (text), and optionally `label` (one value, e.g. "glioma") and/or
 `labels` ({task: class} or {task: [classes]} for multilabel tasks). Paths are relative to the manifest file.
-`series_masks` (optional, one lesion mask per scan file of `study`/`nifti`, 0 = background) gives the per-token
+`series_masks` (optional, one lesion mask per scan file of `study`/`nifti`, 0 = background, 1 = the lesion itself,
+other values = surrounding abnormality such as oedema) gives the per-token
 targets of the optional token loss (see loop.py): the phantom generator writes them. `series_shows` (optional, one
 boolean per scan file) says whether that series shows the finding at all: a meningioma's mask covers its place on
 every series, but only the contrast T1 shows it, so its tokens on the other series get no lesion target (they are
@@ -38,7 +39,7 @@ from ..errors import InputError
 from .report_text import report_text
 
 log = logging.getLogger("HLIPCore.training")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2   # 2: token targets hold the abnormal and the lesion-core fraction
 
 
 @dataclass
@@ -163,13 +164,15 @@ class StudyCache:
         return self.prepare(entry).float()
 
     def token_targets(self, entry: ManifestEntry) -> Optional[torch.Tensor]:
-        """Fraction of lesion voxels in every token of every scan, [N, D', H', W'] (float16), from the entry's
-        `series_masks` pushed through the same geometric steps as the images; None without masks."""
+        """Per token of every scan, [N, 2, D', H', W'] (float16): the fraction of abnormal voxels (mask > 0:
+        the lesion and its oedema) and of lesion-core voxels (mask == 1), from the entry's `series_masks` pushed
+        through the same geometric steps as the images; None without masks."""
         if not (self.token_grid and entry.series_masks):
             return None
         from ..data import load_study, preprocess_scan
         from ..model.checkpoint import save_torch_atomic
-        target = self.path(entry).with_suffix(".tokens.pt")
+        # the patch size names the file: a model with another token grid must not read these fractions
+        target = self.path(entry).with_suffix(".tokens{}.pt".format("x".join(map(str, self.token_grid))))
         if target.is_file():
             try:
                 return torch.load(target, map_location="cpu", weights_only=True)
@@ -179,10 +182,14 @@ class StudyCache:
         fractions = []
         for mask_file in entry.series_masks:
             mask = load_study(mask_file).scans[0]
-            mask.array = (mask.array > 0).astype("float32")
-            # min-max of a 0/1 mask over its 0-100 percentiles is the identity: only geometry is applied
-            grid = preprocess_scan(mask, geometric).tensor.float()
-            fractions.append(torch.nn.functional.avg_pool3d(grid, self.token_grid)[0])
+            labels = mask.array
+            per_part = []
+            for part in (labels > 0, labels == 1):
+                mask.array = part.astype("float32")
+                # min-max of a 0/1 mask over its 0-100 percentiles is the identity: only geometry is applied
+                grid = preprocess_scan(mask, geometric).tensor.float()
+                per_part.append(torch.nn.functional.avg_pool3d(grid, self.token_grid)[0])
+            fractions.append(torch.stack(per_part))
         tokens = torch.stack(fractions).to(torch.float16)
         if tokens.shape[0] != self.num_scans(entry):  # (the scan count is cached: no second read of the study)
             raise InputError(f"{entry.name}: {tokens.shape[0]} series masks for {self.num_scans(entry)} prepared "
@@ -257,16 +264,24 @@ class TrainDataset(torch.utils.data.Dataset):
         study_target = torch.tensor(self.token_classes.index(label) if label in self.token_classes else -1)
         tokens = self.cache.token_targets(self.entries[index])
         if tokens is None or label not in self.token_classes:  # -1: no token loss for this study
-            return scans, text, torch.full((k,) + self.token_shape, -1, dtype=torch.long), study_target
-        lesion = tokens[order].float() >= self.token_threshold
+            return (scans, text, torch.full((k,) + self.token_shape, -1, dtype=torch.long), study_target,
+                    torch.zeros((k,) + self.token_shape))
+        abnormal, core = tokens[order].float().unbind(1)
+        lesion = abnormal >= self.token_threshold
         normal = self.token_classes.index(self.normal_class) if self.normal_class in self.token_classes else -1
         targets = torch.full(lesion.shape, normal, dtype=torch.long)
+        # a token with a little lesion in it is neither clearly lesion nor normal: no target (a small metastasis
+        # never fills a quarter of a token, and calling its token "normal" would teach the model to miss it)
+        targets[abnormal > 0] = -1
         targets[lesion] = self.token_classes.index(label)
         shows = self.entries[index].series_shows
-        if shows:  # lesion tokens of a series that does not show the finding: no target
-            hidden = ~torch.tensor(shows)[order]
-            targets[lesion & hidden.view(-1, 1, 1, 1)] = -1
-        return scans, text, targets, study_target
+        if shows:  # lesion tokens of a series that does not show the finding: no target, no attention
+            hidden = ~torch.tensor(shows)[order].view(-1, 1, 1, 1)
+            targets[(abnormal > 0) & hidden] = -1
+            core = core * ~hidden
+        # where the class token should look: the lesion itself (not its oedema), in proportion to how much of
+        # each token it fills, so the hottest token of the map is the one most inside the lesion
+        return scans, text, targets, study_target, core
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -311,9 +326,9 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(items) -> tuple:
-    """[(study [k, 1, D, H, W], report[, token targets, study class])] -> (images [B, k, 1, D, H, W], reports[,
-    token targets [B, k, D', H', W'], study classes [B]])."""
+    """[(study [k, 1, D, H, W], report[, token targets, study class, lesion-core fractions])] -> (images
+    [B, k, 1, D, H, W], reports[, token targets [B, k, D', H', W'], study classes [B], core [B, k, D', H', W']])."""
     batch = (torch.stack([item[0] for item in items]), [item[1] for item in items])
-    if len(items[0]) == 4:
-        batch += (torch.stack([item[2] for item in items]), torch.stack([item[3] for item in items]))
+    if len(items[0]) > 2:
+        batch += tuple(torch.stack([item[i] for item in items]) for i in range(2, len(items[0])))
     return batch

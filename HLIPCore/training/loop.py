@@ -203,13 +203,15 @@ class Trainer:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
         # data first: the tokenizer may be built from the reports
-        self.entries = read_manifest(cfg.train_manifest)
+        manifests = cfg.train_manifest if isinstance(cfg.train_manifest, list) else [cfg.train_manifest]
+        self.entries = [entry for manifest in manifests for entry in read_manifest(manifest)]
         mask_loss = "token_loss_weight" if cfg.token_loss_weight else "attention_loss_weight"
         if (cfg.token_loss_weight or cfg.attention_loss_weight) and not any(e.series_masks for e in self.entries):
             raise ConfigError(f"training config: '{mask_loss}': {cfg.train_manifest} has no 'series_masks' "
                               "to make token targets from")
-        if cfg.study_loss_weight and not any(e.label for e in self.entries):
-            raise ConfigError(f"training config: 'study_loss_weight': {cfg.train_manifest} has no 'label's")
+        for key in ("study_loss_weight", "clip_label_positives"):
+            if getattr(cfg, key) and not any(e.label for e in self.entries):
+                raise ConfigError(f"training config: '{key}': {cfg.train_manifest} has no 'label's")
         self.mcfg, init_weights = model_config(cfg)
         self.preprocess = model_preprocess_config({**self.mcfg.get("preprocess", {}), **cfg.preprocess}, self.mcfg,
                                                   source="training config: 'preprocess'")
@@ -230,8 +232,9 @@ class Trainer:
             model.set_grad_checkpointing(True)
         self.model = model.to(self.device)
         self.token_net, self.token_classes = None, None
-        if cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight:
+        if cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight or cfg.clip_label_positives:
             self.token_classes = sorted({e.label for e in self.entries if e.label} | {cfg.token_normal_class})
+        if cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight:
             self.token_net = TrainingHeadsNet(self.model, len(self.token_classes),
                                               attend=bool(cfg.attention_loss_weight)).to(self.device)
             if cfg.token_loss_weight or cfg.attention_loss_weight:
@@ -251,7 +254,7 @@ class Trainer:
         self.loss_fn = create_loss(cfg.siglip)
         self.dataset = TrainDataset(self.entries, self.cache, cfg.seed, cfg.augment, cfg.intensity_scale,
                                     cfg.intensity_shift, cfg.report_text)
-        if self.token_net is not None:
+        if self.token_classes is not None:
             self.dataset.enable_token_targets(self.token_classes, cfg.token_normal_class,
                                               self.model.visual.trunk.patch_embed.grid_size,
                                               cfg.token_loss_threshold)
@@ -403,14 +406,14 @@ class Trainer:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         batches = [(mb[0].to(dev, non_blocking=True), self.tokenizer(mb[1]).to(dev),
-                    (mb[2].to(dev), mb[3].to(dev)) if len(mb) > 2 else None) for mb in micro_batches]
+                    tuple(t.to(dev) for t in mb[2:]) if len(mb) > 2 else None) for mb in micro_batches]
         aux = {name: [] for name in AUX_LOSSES}
 
         def token_term(out, targets, share):
             """Token, study and attention losses of this micro-batch (its `share` of the batch)."""
             if targets is None:
                 return 0.0
-            tokens, studies = targets
+            tokens, studies, core = targets
             normal = self.token_classes.index(cfg.token_normal_class)
             total, terms = 0.0, []
             if cfg.token_loss_weight:
@@ -421,7 +424,7 @@ class Trainer:
                               torch.nn.functional.cross_entropy(out["study_logits"].float(), studies, ignore_index=-1)))
             if cfg.attention_loss_weight:
                 terms.append(("attention_loss", cfg.attention_loss_weight,
-                              attention_target_loss(out["class_attention"], tokens, normal)))
+                              attention_target_loss(out["class_attention"], tokens, normal, core)))
             for name, weight, value in terms:
                 aux[name].append(float(value.detach()) * share)
                 total = total + weight * value * share
@@ -431,7 +434,8 @@ class Trainer:
             images, texts, targets = batches[0]
             with autocast(dev, cfg.precision):
                 out = self.net(images, texts)
-                clip_loss = self.loss_fn(**{k: v for k, v in out.items() if k in CLIP_KEYS})
+                clip_loss = self.loss_fn(**{k: v for k, v in out.items() if k in CLIP_KEYS},
+                                         labels=targets[1] if cfg.clip_label_positives else None)
                 loss = clip_loss + token_term(out, targets, 1.0)
             loss.backward()
         else:
@@ -451,7 +455,8 @@ class Trainer:
                                  for k, name in enumerate(("image_features", "text_features"))}
                         scalars = {n: out[n] if last else out[n].detach() for n in ("logit_scale", "logit_bias")
                                    if n in out}
-                        clip_loss = self.loss_fn(**feats, **scalars)
+                        labels = torch.cat([b[2][1] for b in batches]) if cfg.clip_label_positives else None
+                        clip_loss = self.loss_fn(**feats, **scalars, labels=labels)
                         loss = clip_loss + token_term(out, targets, 1.0 / len(batches))
                     loss.backward()
         for name in AUX_LOSSES:

@@ -44,3 +44,28 @@ def test_clip_loss_is_lower_for_matching_pairs():
     img, _ = _features(seed=2)
     scale = torch.tensor(20.0)
     assert ClipLoss()(img, img, scale) < ClipLoss()(img, img.roll(1, dims=0), scale)
+
+
+def test_label_positives_spread_the_target_over_same_label_pairs():
+    """UniCL: row i's target is uniform over the texts of its label (itself included); unlabelled rows (-1) keep
+    the matching pair only. Checked against a brute-force sum over rows."""
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(5, 8), dim=-1)
+    txt = F.normalize(torch.randn(5, 8), dim=-1)
+    scale = torch.tensor(7.0)
+    labels = torch.tensor([0, 1, 0, -1, 0])
+    total = 0.0
+    for logits in (scale * img @ txt.T, scale * txt @ img.T):
+        logp = torch.log_softmax(logits, dim=1)
+        for i in range(5):
+            pos = [j for j in range(5) if j == i or (labels[i] >= 0 and labels[j] == labels[i])]
+            total = total - sum(logp[i, j] for j in pos) / len(pos) / 5
+    torch.testing.assert_close(ClipLoss()(img, txt, scale, labels=labels), total / 2)
+    # all labels different: plain CLIP
+    torch.testing.assert_close(ClipLoss()(img, txt, scale, labels=torch.arange(5)), ClipLoss()(img, txt, scale))
+    # SigLIP: same-label pairs get +1
+    bias = torch.tensor(-2.0)
+    logits = scale * img @ txt.T + bias
+    same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0) | torch.eye(5, dtype=torch.bool)
+    expected = -F.logsigmoid(torch.where(same, logits, -logits)).sum() / 5
+    torch.testing.assert_close(SigLipLoss()(img, txt, scale, bias, labels=labels), expected)

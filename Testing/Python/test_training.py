@@ -100,6 +100,19 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.betas == (0.9, 0.95)
 
 
+def test_several_training_manifests_are_joined(data, tmp_path):
+    """A list of manifests (two phantom sets, say): paths relative to the config file, studies of all of them."""
+    from HLIPCore.errors import ConfigError
+    (tmp_path / "c.yaml").write_text(f"train_manifest: [{data / 'manifest.jsonl'}, other/m.jsonl]\nsteps: 1\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.train_manifest == [str(data / "manifest.jsonl"), str((tmp_path / "other/m.jsonl").resolve())]
+    with pytest.raises(ConfigError, match="'train_manifest'"):
+        TrainConfig(train_manifest=["a.jsonl", 3])
+    twice = Trainer(_config(data, tmp_path / "run", train_manifest=[str(data / "manifest.jsonl")] * 2),
+                    resume=None, progress=False)
+    assert [e.label for e in twice.entries] == list(LABELS) * 2
+
+
 def test_learning_rates_written_without_a_dot_are_numbers(tmp_path):
     """PyYAML alone reads `5e-4` as the string '5e-4' (YAML 1.1), which the config would then reject."""
     from HLIPCore.training.config import parse_overrides
@@ -157,15 +170,31 @@ def test_resume_is_bit_exact(data, tmp_path):
     assert sorted(_logged_losses(tmp_path / "split")) == [1, 2, 3, 4, 5, 6]
 
 
-def test_accumulation_equals_one_large_batch(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("label_positives", [False, True])
+def test_accumulation_equals_one_large_batch(data, tmp_path, monkeypatch, label_positives):
     import HLIPCore.model.vision as vision
     original = vision.resample_sequential  # random scan positions differ per forward pass: take them fixed
     monkeypatch.setattr(vision, "resample_sequential", lambda p, n, training: original(p, n, False))
     changes = dict(model_overrides=NO_TEXT_DROPOUT, steps=2, lr=EQUIVALENCE_LR)
-    big, big_losses = _run(_config(data, tmp_path / "big", batch_size=4, **changes))
-    acc, acc_losses = _run(_config(data, tmp_path / "acc", batch_size=2, accum_steps=2, **changes))
+    size = 4
+    if label_positives:  # every label twice (other words) and a batch of all 8 studies: same-label pairs
+        rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+        again = tmp_path / "again.jsonl"
+        again.write_text("".join(json.dumps({**r, "study": str(data / r["study"]), "report": "Seen again. "
+                                             + r["report"]}) + "\n" for r in rows))
+        changes.update(clip_label_positives=True, train_manifest=[str(data / "manifest.jsonl"), str(again)],
+                       model_overrides=LEARNABLE_TEXT)  # reports whose features differ from the first step
+        size = 8
+    big, big_losses = _run(_config(data, tmp_path / "big", batch_size=size, **changes))
+    acc, acc_losses = _run(_config(data, tmp_path / "acc", batch_size=size // 2, accum_steps=2, **changes))
     np.testing.assert_allclose(acc_losses, big_losses, rtol=0, atol=1e-5)
+    if label_positives:  # and the labels change the loss: same data, plain CLIP targets
+        changes["clip_label_positives"] = False
+        _, plain = _run(_config(data, tmp_path / "plain", batch_size=size, **changes))
+        assert abs(plain[0] - big_losses[0]) > 1e-3
     for (name, a), b in zip(big.model.state_dict().items(), acc.model.state_dict().values()):
+        if label_positives and name.endswith("attention.self.key.bias"):
+            continue  # its exact gradient is 0 (softmax ignores it): Adam turns rounding noise into a full step
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
 
 
@@ -248,6 +277,13 @@ def test_periodic_eval_and_hlip_eval_cli(data, tmp_path):
     cli = json.loads((tmp_path / "cli" / "eval.json").read_text())
     for task, metrics in step_eval["tasks"].items():  # same model, same studies: same numbers
         assert cli["tasks"][task]["auc"] == pytest.approx(metrics["auc"], abs=1e-6) or np.isnan(metrics["auc"])
+    # every study unreadable: an error and a non-zero exit, not a table of NaNs that looks like a result
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"study": "broken.nii.gz", "label": "glioma"}) + "\n")
+    cmd[cmd.index("--manifest") + 1] = str(tmp_path / "broken.jsonl")
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    assert "no study could be evaluated" in proc.stdout and "Traceback" not in proc.stderr
 
 
 def test_report_text_modes_keep_the_impression():

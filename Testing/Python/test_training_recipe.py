@@ -12,7 +12,7 @@ def test_demo_recipe_builds_its_model():
     from HLIPCore.training.config import load_config
     cfg = load_config(ROOT / "Resources/training/demo_phantoms.yaml")
     assert cfg.token_loss_weight and cfg.attention_loss_weight and cfg.study_loss_weight
-    assert Path(cfg.train_manifest).parent.parent == ROOT  # relative paths resolve next to the checkout
+    assert all(Path(m).parent.parent == ROOT for m in cfg.train_manifest)  # next to the checkout
     mcfg = get_model_config(cfg.model)
     assert mcfg["preprocess"]["mri_spacing"] and mcfg["vision_cfg"]["stem"]
     assert mcfg["vision_cfg"]["attn_layout"][-1] == "study"  # the attention loss reads the last study block

@@ -77,7 +77,10 @@ def test_token_targets_sit_where_the_lesion_is_in_the_model_input(data, tmp_path
     (lesion) voxels of the preprocessed image in each token."""
     trainer = Trainer(_config(data, tmp_path / "run"), resume=None, progress=False)
     entry = trainer.entries[1]  # glioma
-    fractions = trainer.cache.token_targets(entry).float()
+    both = trainer.cache.token_targets(entry).float()
+    assert both.shape == (2, 2, 2, 4, 4)  # scans, (abnormal, lesion core), token grid
+    torch.testing.assert_close(both[:, 0], both[:, 1])  # these masks are 0/1: all of the abnormality is lesion
+    fractions = both[:, 0]
     images = trainer.cache.load(entry)[:, 0]
     grid = trainer.model.visual.trunk.patch_embed.patch_size
     bright = F.avg_pool3d((images > images.amax(dim=(1, 2, 3), keepdim=True) * 0.8).float()[:, None], grid)[:, 0]
@@ -90,13 +93,17 @@ def test_token_targets_sit_where_the_lesion_is_in_the_model_input(data, tmp_path
     assert trainer.cache.token_targets(trainer.entries[0]).max() == 0  # normal study: no lesion token
     # the dataset turns fractions into class targets for the scans it sampled, in their sampled order
     trainer.dataset.enable_token_targets(trainer.token_classes, "normal", (2, 4, 4), 0.2)
-    scans, _, targets, study = trainer.dataset[(1, 2, 0)]
-    glioma = trainer.token_classes.index("glioma")
+    scans, _, targets, study, core = trainer.dataset[(1, 2, 0)]
+    glioma, normal = trainer.token_classes.index("glioma"), trainer.token_classes.index("normal")
     assert study.item() == glioma
-    assert set(targets.unique().tolist()) == {trainer.token_classes.index("normal"), glioma}
+    assert set(targets.unique().tolist()) == {-1, normal, glioma}
     for k in range(2):  # each sampled scan's targets follow that scan's own lesion
-        match = [s for s in range(2) if torch.allclose(scans[k, 0].mean(), images[s].mean(), atol=0.5)]
-        assert match and torch.equal(targets[k] == glioma, fractions[match[0]] >= 0.2)
+        match = [s for s in range(2) if torch.allclose(scans[k, 0].mean(), images[s].mean(), atol=0.5)
+                 and torch.equal(targets[k] == glioma, fractions[s] >= 0.2)
+                 and torch.equal(targets[k] == normal, fractions[s] == 0)]  # partly lesion: neither (-1)
+        assert match
+        # the attention target: that scan's lesion-core fraction
+        assert any(torch.allclose(core[k], both[s, 1]) for s in match)
 
 
 def test_token_head_trains_resumes_exactly_and_is_not_exported(data, tmp_path):
@@ -150,13 +157,14 @@ def test_series_that_do_not_show_the_finding_get_no_lesion_targets(data, tmp_pat
                       progress=False)
     assert trainer.entries[1].series_shows == [False, True] and trainer.entries[0].series_shows == []
     trainer.dataset.enable_token_targets(trainer.token_classes, "normal", (2, 4, 4), 0.2)
-    _, _, targets, _ = trainer.dataset[(1, 2, 0)]
-    fractions = trainer.cache.token_targets(trainer.entries[1]).float()
+    _, _, targets, _, core = trainer.dataset[(1, 2, 0)]
+    fractions = trainer.cache.token_targets(trainer.entries[1]).float()[:, 0]
     glioma, normal = trainer.token_classes.index("glioma"), trainer.token_classes.index("normal")
     for k in range(2):  # without augmentation the scans come in file order
         lesion = fractions[k] >= 0.2
         assert lesion.any() and bool((targets[k][lesion] == (glioma if k == 1 else -1)).all()), k
-        assert bool((targets[k][~lesion] == normal).all())
+        assert bool((targets[k][fractions[k] == 0] == normal).all())
+        assert (core[k].sum() > 0) == (k == 1)  # nothing to look at on the series that does not show it
 
 
 def test_series_shows_must_match_the_scan_files(data, tmp_path):
@@ -176,6 +184,10 @@ def test_attention_loss_is_the_cross_entropy_to_the_lesion_tokens():
     expected = (-(torch.log(attention[0, 1]) + torch.log(attention[0, 2])) / 2 - torch.log(attention[2, 0])) / 2
     torch.testing.assert_close(attention_target_loss(attention, targets, normal_index=0), expected)
     assert attention_target_loss(attention, torch.zeros(3, 6, dtype=torch.long), 0).item() == 0.0
+    # with weights (the lesion core's share of each token) the target follows them; all-zero weights fall back
+    weights = torch.tensor([[0, 3.0, 1.0, 0, 0, 0], [0] * 6, [0] * 6])
+    weighted = (-(0.75 * torch.log(attention[0, 1]) + 0.25 * torch.log(attention[0, 2])) - torch.log(attention[2, 0])) / 2
+    torch.testing.assert_close(attention_target_loss(attention, targets, 0, weights), weighted)
 
 
 def test_attention_loss_moves_the_class_token_onto_the_lesion(data, tmp_path):
@@ -192,7 +204,7 @@ def test_attention_loss_moves_the_class_token_onto_the_lesion(data, tmp_path):
             for i, entry in enumerate(trainer.entries):
                 if entry.label == "normal":
                     continue
-                scans, text, targets, _ = trainer.dataset[(i, 2, 0)]
+                scans, text, targets, _, _ = trainer.dataset[(i, 2, 0)]
                 out = net(scans[None], trainer.tokenizer([text]))
                 lesion = (targets.reshape(1, -1) > 0) & (targets.reshape(1, -1) != trainer.token_classes.index("normal"))
                 shares.append(float(out["class_attention"][lesion].sum()))

@@ -19,6 +19,9 @@ def test_hlip_demo_runs_the_whole_chain(tmp_path):
     from HLIPCore.catalog import load_catalog
     if not any(e.id == "hlip-demo" for e in load_catalog()):
         assert "RANDOM weights" in done.stdout  # the stand-in never passes for a trained model
+    else:  # the bundled model, on the fixed demo glioma (seed never trained on), with the method users get
+        assert "RANDOM" not in done.stdout
+        assert "5-way answer: Glioma - correct" in done.stdout, done.stdout
     assert "5-way answer:" in done.stdout and "(truth: glioma)" in done.stdout
     result = tmp_path / "demo" / "result"
     report = json.loads((result / "report.json").read_text())
@@ -31,3 +34,16 @@ def test_hlip_demo_runs_the_whole_chain(tmp_path):
         assert image.shape == tuple(reversed(scan.shape))
         np.testing.assert_allclose(image.affine, scan.affine, atol=1e-4)
     assert (result / "overview.png").stat().st_size > 10_000
+
+
+def test_bundled_demo_model_matches_its_catalog_entry():
+    """The catalog's checksum is that of the shipped weights, and the folder stays within the size budget."""
+    import hashlib
+    from HLIPCore.catalog import load_catalog
+    entry = next((e for e in load_catalog() if e.id == "hlip-demo"), None)
+    if entry is None:
+        pytest.skip("no demo model bundled")
+    folder = entry.local_path()
+    assert folder is not None and (folder / "README.md").is_file()  # the model card
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == entry.sha256
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 30 * 2 ** 20

@@ -3,6 +3,8 @@
 One study: results go straight into DIR. Several: DIR/<study>/ each plus DIR/scores.csv. Exit code 0 when every
 study was analysed, 1 when any failed (the others are still done), 2 for a usage or model error.
 """
+# attention_maps.METHODS, spelled out so that building the parser does not import torch (a test keeps them equal)
+ATTENTION_METHODS = ("auto", "gradcam", "refined", "rollout")
 
 
 def add_parser(sub):
@@ -14,7 +16,7 @@ def add_parser(sub):
     p.add_argument("--prompts", default=None, help="built-in prompt set name or JSON/YAML file (default: the model's)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--attention", default="top", help="top | all | none | CLASS or TASK/CLASS (default: top)")
-    p.add_argument("--attention-method", default="auto", choices=["auto", "gradcam", "refined", "rollout"],
+    p.add_argument("--attention-method", default="auto", choices=ATTENTION_METHODS,
                    help="auto (default): refined for a model with a conv stem, else gradcam (the reference's)")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="inference precision")

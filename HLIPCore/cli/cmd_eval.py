@@ -18,7 +18,8 @@ def add_parser(sub):
     p.add_argument("--pointing", metavar="TASK", nargs="?", const="disease",
                    help="also play the pointing game on studies with a lesion mask: is the map peak of the true "
                         "class of TASK (default: disease) inside the lesion?")
-    p.add_argument("--attention-method", default="auto", choices=["auto", "gradcam", "refined", "rollout"],
+    from .cmd_analyze import ATTENTION_METHODS
+    p.add_argument("--attention-method", default="auto", choices=ATTENTION_METHODS,
                    help="map method of the pointing game, as in hlip analyze (default: auto)")
     p.set_defaults(func=run)
 

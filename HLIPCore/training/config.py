@@ -110,9 +110,11 @@ class TrainConfig:
         from .report_text import MODES
         if self.report_text not in MODES:
             bad("report_text", f"must be one of {', '.join(MODES)}, got {self.report_text!r}")
-        manifests = self.train_manifest if isinstance(self.train_manifest, (list, tuple)) else [self.train_manifest]
-        if not all(isinstance(m, str) for m in manifests) or (isinstance(self.train_manifest, list)
-                                                            and not all(manifests)):
+        if isinstance(self.train_manifest, (list, tuple)):
+            if not all(isinstance(m, str) and m for m in self.train_manifest):
+                bad("train_manifest", f"must be a manifest path or a list of them, got {self.train_manifest!r}")
+            self.train_manifest = list(self.train_manifest)
+        elif not isinstance(self.train_manifest, str):
             bad("train_manifest", f"must be a manifest path or a list of them, got {self.train_manifest!r}")
         if not isinstance(self.model, (str, dict)) or not self.model:
             bad("model", "must be a config name, a path or a config mapping")

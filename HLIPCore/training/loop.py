@@ -232,9 +232,10 @@ class Trainer:
             model.set_grad_checkpointing(True)
         self.model = model.to(self.device)
         self.token_net, self.token_classes = None, None
-        if cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight or cfg.clip_label_positives:
+        heads = bool(cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight)
+        if heads or cfg.clip_label_positives:  # both read the study labels (as class indices)
             self.token_classes = sorted({e.label for e in self.entries if e.label} | {cfg.token_normal_class})
-        if cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight:
+        if heads:
             self.token_net = TrainingHeadsNet(self.model, len(self.token_classes),
                                               attend=bool(cfg.attention_loss_weight)).to(self.device)
             if cfg.token_loss_weight or cfg.attention_loss_weight:

@@ -110,6 +110,8 @@ def _conv_stem_model():
 
 
 def test_method_auto_means_refined_for_a_conv_stem_and_gradcam_otherwise():
+    from HLIPCore.cli.cmd_analyze import ATTENTION_METHODS
+    assert ATTENTION_METHODS == attention_maps.METHODS  # the CLIs offer exactly the module's methods
     assert attention_maps.resolve_method(_conv_stem_model(), "auto") == "refined"
     linear = _model(["scan", "study"])
     assert attention_maps.resolve_method(linear, "auto") == "gradcam"

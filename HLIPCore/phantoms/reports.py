@@ -4,7 +4,9 @@ A report has EXAMINATION, (sometimes) CLINICAL HISTORY, TECHNIQUE, FINDINGS and 
 synonyms, sentence order, British/American spelling and incidental normal findings; negations ("No evidence of
 haemorrhage") are common, as in real reports. The impression names the diagnosis with the Pub-Brain-5 words
 (acute stroke/infarct, glioma, meningioma, metastasis/metastases; normal studies "no significant abnormality"),
-and never names another class's diagnosis, so the label can be read off the impression.
+and never names another class's diagnosis, so the label can be read off the impression. Each class's own
+Pub-Brain-5 prompt word ("Acute stroke", "Glioma", "Meningioma", "Metastasis", "No significant abnormalities")
+is among the impressions' wordings: a text tower learns only the words its reports use.
 """
 from __future__ import annotations
 
@@ -216,7 +218,8 @@ def _metastasis(f: Dict, w: _Writer, seqs: set) -> Tuple[List[str], str]:
     extent = "bilateral" if side == "bilateral" else f"{side} hemispheric"
     impression = w.pick(f"Multiple ring-enhancing {extent} lesions at the grey-white junction, most consistent with "
                         f"metastases.", f"Multiple {extent} brain metastases.",
-                        f"Findings in keeping with metastatic disease ({NUMBERS.get(n, n)} lesions, {extent}).")
+                        f"Findings in keeping with metastatic disease ({NUMBERS.get(n, n)} lesions, {extent}).",
+                        f"{NUMBERS.get(n, n).capitalize()} enhancing {extent} lesions, compatible with metastasis.")
     return lines, impression
 
 

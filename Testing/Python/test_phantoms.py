@@ -271,6 +271,19 @@ def test_reports_agree_with_label_side_and_size(dataset):
     assert len({e["report"] for e in entries}) == len(entries)
 
 
+def test_impressions_use_the_prompt_words():
+    """Zero-shot prompts are the Pub-Brain-5 words; each class's word must occur in some of its impressions
+    (the text tower only learns words its reports use: "metastases" alone left "Metastasis" unlearnt)."""
+    words = {"normal": r"\bno significant abnormalities\b", "stroke": r"\bacute stroke\b", "glioma": r"\bglioma\b",
+             "meningioma": r"\bmeningioma\b", "metastasis": r"\bmetastasis\b"}
+    for label, pattern in words.items():
+        st = generate_study(5, label, SMALL)
+        seqs = [(s.sequence, s.geometry.plane) for s in st.images]
+        found = [bool(re.search(pattern, _section(make_report(st.findings, seqs, np.random.default_rng(i)),
+                                                  "IMPRESSION").lower())) for i in range(40)]
+        assert any(found), label
+
+
 def test_report_wording_varies():
     st = generate_study(21, "stroke", SMALL)
     seqs = [(s.sequence, s.geometry.plane) for s in st.images]

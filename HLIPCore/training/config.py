@@ -58,6 +58,8 @@ class TrainConfig:
     patch_dropout: float = 0.0
     token_loss_weight: float = 0.0                 # > 0: per-token lesion-class loss from the manifest's series_masks
     token_loss_threshold: float = 0.25             #   a token is "lesion" when this fraction of its voxels is
+    token_loss_core_threshold: Optional[float] = None  # also "lesion" when this fraction is lesion core (mask 1):
+    #   a 1 cm metastasis fills ~2 % of a 40 x 26 x 26 mm token and never reaches token_loss_threshold
     token_normal_class: str = "normal"             #   the label of lesion-free tokens (and of normal studies)
     study_loss_weight: float = 0.0                 # > 0: study-label cross-entropy on the image embedding
     attention_loss_weight: float = 0.0             # > 0: the explained block's class-token attention pulled onto
@@ -95,6 +97,9 @@ class TrainConfig:
                 bad(key, f"must be a non-negative integer, got {getattr(self, key)!r}")
         if not (isinstance(self.token_loss_threshold, (int, float)) and 0 < self.token_loss_threshold <= 1):
             bad("token_loss_threshold", f"must be in (0, 1], got {self.token_loss_threshold!r}")
+        core = self.token_loss_core_threshold
+        if core is not None and not (isinstance(core, (int, float)) and 0 < core <= 1):
+            bad("token_loss_core_threshold", f"must be in (0, 1] or null, got {core!r}")
         for key in ("lr", "wd", "eps", "intensity_scale", "intensity_shift", "token_loss_weight",
                     "study_loss_weight", "attention_loss_weight"):
             if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:

@@ -237,11 +237,14 @@ class TrainDataset(torch.utils.data.Dataset):
         self.report_mode = report_mode
         self.token_classes: Optional[List[str]] = None   # set by enable_token_targets
 
-    def enable_token_targets(self, classes: List[str], normal_class: str, token_shape, threshold: float) -> None:
-        """Items gain per-token class targets (the study's label where a token is >= threshold lesion, else
-        `normal_class`; -1 without masks) and the study's class index (-1 when unlabelled)."""
+    def enable_token_targets(self, classes: List[str], normal_class: str, token_shape, threshold: float,
+                             core_threshold: Optional[float] = None) -> None:
+        """Items gain per-token class targets (the study's label where a token is >= threshold lesion or, with
+        `core_threshold`, >= core_threshold lesion core; else `normal_class`; -1 without masks) and the study's
+        class index (-1 when unlabelled)."""
         self.token_classes, self.normal_class = list(classes), normal_class
         self.token_shape, self.token_threshold = tuple(token_shape), float(threshold)
+        self.core_threshold = None if core_threshold is None else float(core_threshold)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -268,6 +271,8 @@ class TrainDataset(torch.utils.data.Dataset):
                     torch.zeros((k,) + self.token_shape))
         abnormal, core = tokens[order].float().unbind(1)
         lesion = abnormal >= self.token_threshold
+        if self.core_threshold is not None:  # small lesions: a token holding a real part of one shows it
+            lesion |= core >= self.core_threshold
         normal = self.token_classes.index(self.normal_class) if self.normal_class in self.token_classes else -1
         targets = torch.full(lesion.shape, normal, dtype=torch.long)
         # a token with a little lesion in it is neither clearly lesion nor normal: no target (a small metastasis

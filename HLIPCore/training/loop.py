@@ -258,7 +258,7 @@ class Trainer:
         if self.token_classes is not None:
             self.dataset.enable_token_targets(self.token_classes, cfg.token_normal_class,
                                               self.model.visual.trunk.patch_embed.grid_size,
-                                              cfg.token_loss_threshold)
+                                              cfg.token_loss_threshold, cfg.token_loss_core_threshold)
         global_batch = self.world * cfg.accum_steps * cfg.batch_size
         self.steps_per_epoch = len(self.entries) // global_batch
         if self.steps_per_epoch < 1:

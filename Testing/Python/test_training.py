@@ -92,6 +92,8 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="'batch_size'"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="'token_loss_core_threshold'"):
+        TrainConfig(token_loss_core_threshold=0)
     with pytest.raises(ConfigError, match="'preprocess.img_sise'"):
         TrainConfig(preprocess={"img_sise": [1, 2, 3]})
     (tmp_path / "c.yaml").write_text("train_manifest: data/m.jsonl\nsteps: 5\nbetas: [0.9, 0.95]\n")

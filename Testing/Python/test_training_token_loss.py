@@ -104,6 +104,15 @@ def test_token_targets_sit_where_the_lesion_is_in_the_model_input(data, tmp_path
         assert match
         # the attention target: that scan's lesion-core fraction
         assert any(torch.allclose(core[k], both[s, 1]) for s in match)
+    # with a core threshold, tokens holding a small part of the lesion core are lesion too; the rest unchanged
+    low = float(both[:, 1][both[:, 1] > 0].min()) * 1.01  # just above the smallest core fraction present
+    trainer.dataset.enable_token_targets(trainer.token_classes, "normal", (2, 4, 4), 0.2, core_threshold=low)
+    scans2, _, targets2, _, core2 = trainer.dataset[(1, 2, 0)]
+    assert torch.equal(scans2, scans) and torch.equal(core2, core)
+    expect = (targets == glioma) | (core >= low)
+    assert torch.equal(targets2 == glioma, expect)
+    assert int(expect.sum()) > int((targets == glioma).sum())  # some partly-lesion tokens became lesion
+    assert torch.equal(targets2 == normal, targets == normal)   # lesion-free tokens stay normal
 
 
 def test_token_head_trains_resumes_exactly_and_is_not_exported(data, tmp_path):

@@ -275,8 +275,8 @@ class TrainDataset(torch.utils.data.Dataset):
             lesion |= core >= self.core_threshold
         normal = self.token_classes.index(self.normal_class) if self.normal_class in self.token_classes else -1
         targets = torch.full(lesion.shape, normal, dtype=torch.long)
-        # a token with a little lesion in it is neither clearly lesion nor normal: no target (a small metastasis
-        # never fills a quarter of a token, and calling its token "normal" would teach the model to miss it)
+        # a token with a little lesion in it (below both thresholds) is neither clearly lesion nor normal: no
+        # target (calling a small metastasis's token "normal" would teach the model to miss it)
         targets[abnormal > 0] = -1
         targets[lesion] = self.token_classes.index(label)
         shows = self.entries[index].series_shows

@@ -274,8 +274,10 @@ def test_reports_agree_with_label_side_and_size(dataset):
 def test_impressions_use_the_prompt_words():
     """Zero-shot prompts are the Pub-Brain-5 words; each class's word must occur in some of its impressions
     (the text tower only learns words its reports use: "metastases" alone left "Metastasis" unlearnt)."""
-    words = {"normal": r"\bno significant abnormalities\b", "stroke": r"\bacute stroke\b", "glioma": r"\bglioma\b",
-             "meningioma": r"\bmeningioma\b", "metastasis": r"\bmetastasis\b"}
+    from HLIPCore.prompts import load_prompt_set
+    disease = load_prompt_set("pub_brain_5").task("disease")
+    words = {c.name.lower(): rf"\b{re.escape(c.prompts[0].lower())}\b" for c in disease.classes}
+    assert sorted(words) == sorted(LABELS)
     for label, pattern in words.items():
         st = generate_study(5, label, SMALL)
         seqs = [(s.sequence, s.geometry.plane) for s in st.images]

@@ -6,7 +6,8 @@ haemorrhage") are common, as in real reports. The impression names the diagnosis
 (acute stroke/infarct, glioma, meningioma, metastasis/metastases; normal studies "no significant abnormality"),
 and never names another class's diagnosis, so the label can be read off the impression. Each class's own
 Pub-Brain-5 prompt word ("Acute stroke", "Glioma", "Meningioma", "Metastasis", "No significant abnormalities")
-is among the impressions' wordings: a text tower learns only the words its reports use.
+is among the impressions' wordings, and the words of the reference's template ("This MRI study shows: {}.") occur
+too (a COMPARISON line, an impression lead-in): a text tower learns only the words its reports use.
 """
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def _stroke(f: Dict, w: _Writer, seqs: set) -> Tuple[List[str], str]:
     lines.append(w.pick("Mild local sulcal effacement without midline shift.", "No significant mass effect."))
     impression = w.pick(f"Acute infarct in the {territory}.", f"Acute ischemic stroke in the {territory}.",
                         f"Findings are consistent with an acute stroke involving the {place} ({territory}).",
-                        f"Acute {f['side']} {short} territory infarction.")
+                        f"Acute {f['side']} {short} territory infarction.", f"Acute stroke, {territory}.")
     return lines, impression
 
 
@@ -164,11 +165,13 @@ def _glioma(f: Dict, w: _Writer, seqs: set) -> Tuple[List[str], str]:
     if "T1c" in seqs and f.get("necrosis"):
         impression = w.pick(f"Necrotic, heterogeneously enhancing intra-axial {place} mass with surrounding edema, most "
                             f"consistent with {grade} (glioblastoma).",
-                            f"{place.capitalize()} mass, most consistent with a high-grade glioma.")
+                            f"{place.capitalize()} mass, most consistent with a high-grade glioma.",
+                            f"{place.capitalize()} high-grade glioma.")
     else:
         impression = w.pick(f"Intra-axial {place} mass with surrounding edema, most consistent with a {grade}.",
                             f"{place.capitalize()} infiltrative mass, likely glioma." +
-                            ("" if "T1c" in seqs else " Post-contrast imaging is recommended."))
+                            ("" if "T1c" in seqs else " Post-contrast imaging is recommended."),
+                            f"{place.capitalize()} glioma.")
     return lines, impression
 
 
@@ -219,7 +222,8 @@ def _metastasis(f: Dict, w: _Writer, seqs: set) -> Tuple[List[str], str]:
     impression = w.pick(f"Multiple ring-enhancing {extent} lesions at the grey-white junction, most consistent with "
                         f"metastases.", f"Multiple {extent} brain metastases.",
                         f"Findings in keeping with metastatic disease ({NUMBERS.get(n, n)} lesions, {extent}).",
-                        f"{NUMBERS.get(n, n).capitalize()} enhancing {extent} lesions, compatible with metastasis.")
+                        f"{NUMBERS.get(n, n).capitalize()} enhancing {extent} lesions, compatible with metastasis.",
+                        f"Metastasis ({NUMBERS.get(n, n)} lesions, {extent}).")
     return lines, impression
 
 
@@ -239,6 +243,21 @@ SKIP_NORMAL = {
     "meningioma": ("hemorrhage", "shift", "enh", "extra"),
     "metastasis": ("hemorrhage", "shift", "dwi", "enh", "gw", "fossa"),
 }
+COMPARISONS = ("None.", "No prior study is available for comparison.", "None; this is the first MRI study of the brain.")
+# an impression that is a noun phrase can be a sentence of its own: "This MRI study shows ..." (the words of the
+# reference's zero-shot template, which a text tower trained only on these reports would otherwise never read)
+LEAD_INS = ("This MRI study shows ", "The study shows ")
+NO_LEAD_IN = ("Findings", "Normal MRI", "Unremarkable MRI")
+
+
+def _with_lead_in(impression: str, w: _Writer) -> str:
+    if impression.startswith(NO_LEAD_IN) or not w.chance(0.35):
+        return impression
+    first = impression.split(" ", 1)[0]
+    keep_case = first.isupper() or any(c.isdigit() for c in first)  # "MCA", "T2"
+    return w.pick(*LEAD_INS) + (impression if keep_case else impression[0].lower() + impression[1:])
+
+
 NORMAL_IMPRESSIONS = ("No acute intracranial abnormality.", "No significant abnormalities.", "Normal MRI of the brain.",
                       "Unremarkable MRI of the brain.", "No significant intracranial abnormality.")
 
@@ -254,6 +273,8 @@ def make_report(findings: Dict, sequences: Sequence[Tuple[str, str]], rng: np.ra
         contra = {"left": "right", "right": "left"}.get(findings.get("side"), "left")
         sections.append("CLINICAL HISTORY: " + w.pick(*HISTORY[label]).format(contra=contra))
     sections.append("TECHNIQUE: " + technique(sequences, w))
+    if w.chance(0.5):
+        sections.append("COMPARISON: " + w.pick(*COMPARISONS))
     if label == "normal":
         lines, impression = [], w.pick(*NORMAL_IMPRESSIONS)
         body = _normal_lines(w, seqs)
@@ -264,5 +285,5 @@ def make_report(findings: Dict, sequences: Sequence[Tuple[str, str]], rng: np.ra
         lines, impression = maker(findings, w, seqs)
         body = lines + _normal_lines(w, seqs, skip=SKIP_NORMAL[label])[-3:]
     sections.append("FINDINGS:\n" + " ".join(body))
-    sections.append("IMPRESSION:\n" + impression)
+    sections.append("IMPRESSION:\n" + _with_lead_in(impression, w))
     return w.spell("\n\n".join(sections))

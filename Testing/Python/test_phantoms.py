@@ -286,6 +286,26 @@ def test_impressions_use_the_prompt_words():
         assert any(found), label
 
 
+def test_impressions_use_the_template_words():
+    """The words of the zero-shot template ("This MRI study shows: {}.") occur in every class's impressions: a
+    from-scratch text tower met "study" and "shows" nowhere else, so the template's sub-word pieces outweighed the
+    one-word prompt in a mean-pooled embedding."""
+    from HLIPCore.prompts import load_prompt_set
+    template = load_prompt_set("pub_brain_5").templates[0]
+    words = re.findall(r"[a-z]+", template.replace("{}", "").lower())
+    assert words == ["this", "mri", "study", "shows"]
+    for label in LABELS:
+        st = generate_study(5, label, SMALL)
+        seqs = [(s.sequence, s.geometry.plane) for s in st.images]
+        impressions = [make_report(st.findings, seqs, np.random.default_rng(i)).split("IMPRESSION:", 1)[1].strip()
+                       for i in range(40)]
+        seen = set().union(*(re.findall(r"[a-z]+", text.lower()) for text in impressions))
+        assert set(words) <= seen, (label, set(words) - seen)
+        led = [t for t in impressions if t.startswith(("This MRI study shows ", "The study shows "))]
+        assert 0 < len(led) < len(impressions), label   # a lead-in sometimes, not always
+        assert all(t.split(" shows ", 1)[1][0].islower() for t in led)  # "shows acute stroke", not "shows Acute"
+
+
 def test_report_wording_varies():
     st = generate_study(21, "stroke", SMALL)
     seqs = [(s.sequence, s.geometry.plane) for s in st.images]

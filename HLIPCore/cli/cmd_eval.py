@@ -60,10 +60,13 @@ def run(args) -> int:
                                            prompts=args.prompts, device=args.device, precision=args.dtype,
                                            attention_method=args.attention_method))
         game = pointing_game(analyzer, entries, task=args.pointing, progress=not args.no_progress)
+        abnormal = game.pop("abnormal")
         print(f"pointing game ({args.pointing}, {analyzer.attention_method} map peak inside the lesion; "
               f"{game.pop('n')} lesion studies):")
+        print(f"  {'class':<14} {'lesion':>7} {'lesion or oedema':>17}")
         for cls, value in game.items():
-            print(f"  {cls:<14} {value:.3f}" if value is not None else f"  {cls:<14} -")
+            cells = [f"{v:.3f}" if v is not None else "-" for v in (value, abnormal[cls])]
+            print(f"  {cls:<14} {cells[0]:>7} {cells[1]:>17}")
     if args.out:
         print(f"wrote {Path(args.out) / 'eval.json'} and eval_predictions.csv")
     return 0

@@ -3,7 +3,10 @@
 For each labelled study with a mask, the map of its true class (in `task`) is computed exactly as `hlip analyze`
 computes it (same preprocessing, the analyzer's map method, mapping back to each scan's original voxels); the
 voxel with the highest value over all scans is taken to RAS millimetres through its scan's affine and looked up
-in the lesion mask (NIfTI, any grid; 1 = lesion). Studies whose class is not a lesion class are not counted.
+in the lesion mask (NIfTI, any grid; 1 = lesion, 2 = its oedema). A hit is a peak in the lesion itself (the bar's
+measure); the game also reports how often the peak falls anywhere in the abnormality (lesion or oedema), which tells
+a map that looks at the oedema (bright on T2/FLAIR) from one that looks elsewhere. Studies whose class is not a
+lesion class are not counted.
 """
 from typing import Dict, List, Optional
 
@@ -12,15 +15,20 @@ import numpy as np
 from ..data import load_study, preprocess_study, select_scans
 
 
-def _lesion_at(mask_path, ras: np.ndarray) -> bool:
+def _mask_value_at(mask_path, ras: np.ndarray) -> int:
+    """The mask's label at the voxel nearest to `ras` (mm); 0 outside the mask's grid."""
     import nibabel as nib
     image = nib.load(str(mask_path))
     ijk = np.linalg.inv(image.affine) @ np.append(ras, 1.0)
     index = tuple(int(round(v)) for v in ijk[:3])
     data = np.asanyarray(image.dataobj)
     if any(i < 0 or i >= n for i, n in zip(index, data.shape[:3])):
-        return False
-    return bool(data[index] == 1)
+        return 0
+    return int(data[index])
+
+
+def _lesion_at(mask_path, ras: np.ndarray) -> bool:
+    return _mask_value_at(mask_path, ras) == 1
 
 
 def hottest_point(analyzer, source, target) -> np.ndarray:
@@ -36,19 +44,26 @@ def hottest_point(analyzer, source, target) -> np.ndarray:
 
 def pointing_game(analyzer, entries: List, task: str = "disease", normal_class: str = "Normal",
                   progress: bool = False) -> Dict[str, Optional[float]]:
-    """{class: fraction of its studies whose map peak is in the lesion, ..., 'all': over every lesion study}."""
+    """{class: fraction of its studies whose map peak is in the lesion, ..., 'all': over every lesion study, 'n': their
+    number, 'abnormal': the same fractions for a peak in the lesion or its oedema}."""
     from tqdm import tqdm
     classes = {c.name.lower(): c.name for c in analyzer.prompt_set.task(task).classes}
-    hits: Dict[str, List[bool]] = {}
+    values: Dict[str, List[int]] = {}
     for entry in tqdm(entries, desc="pointing game", disable=not progress):
         cls = classes.get(str(entry.labels.get(task, entry.label or "")).lower())
         if entry.mask is None or cls is None or cls == normal_class:
             continue
         source = entry.study[0] if len(entry.study) == 1 else [str(p) for p in entry.study]
         ras = hottest_point(analyzer, source, (task, cls))
-        hits.setdefault(cls, []).append(_lesion_at(entry.mask, ras))
-    result = {cls: float(np.mean(h)) for cls, h in sorted(hits.items())}
-    every = [h for hs in hits.values() for h in hs]
-    result["all"] = float(np.mean(every)) if every else None
-    result["n"] = len(every)
+        values.setdefault(cls, []).append(_mask_value_at(entry.mask, ras))
+
+    def rates(hit) -> Dict[str, Optional[float]]:
+        out = {cls: float(np.mean([hit(v) for v in vs])) for cls, vs in sorted(values.items())}
+        every = [hit(v) for vs in values.values() for v in vs]
+        out["all"] = float(np.mean(every)) if every else None
+        return out
+
+    result = rates(lambda v: v == 1)
+    result["n"] = sum(len(vs) for vs in values.values())
+    result["abnormal"] = rates(lambda v: v > 0)
     return result

@@ -159,12 +159,15 @@ def test_pointing_game_looks_up_the_map_peak_in_the_mask(tiny_model_dir, study_d
     hit[4:7, 4:7, 4:7] = 1
     nib.save(nib.Nifti1Image(hit, affine), tmp_path / "hit.nii.gz")
     nib.save(nib.Nifti1Image(1 - hit, affine), tmp_path / "miss.nii.gz")
+    nib.save(nib.Nifti1Image(2 * hit, affine), tmp_path / "oedema.nii.gz")  # the peak in the lesion's oedema
     assert _lesion_at(tmp_path / "hit.nii.gz", ras) and not _lesion_at(tmp_path / "miss.nii.gz", ras)
+    assert not _lesion_at(tmp_path / "oedema.nii.gz", ras)
     entries = [ManifestEntry([study_dir], label="glioma", mask=tmp_path / "hit.nii.gz"),
                ManifestEntry([study_dir], label="glioma", mask=tmp_path / "miss.nii.gz"),
+               ManifestEntry([study_dir], label="glioma", mask=tmp_path / "oedema.nii.gz"),
                ManifestEntry([study_dir], label="normal", mask=tmp_path / "hit.nii.gz")]
     result = pointing_game(analyzer, entries)
-    assert result == {"Glioma": 0.5, "all": 0.5, "n": 2}
+    assert result == {"Glioma": 1 / 3, "all": 1 / 3, "n": 3, "abnormal": {"Glioma": 2 / 3, "all": 2 / 3}}
 
 
 def test_single_scan_model_takes_the_scan_with_most_slices(tmp_path, tokenizer_dir, study_dir):

@@ -279,6 +279,24 @@ def test_periodic_eval_and_hlip_eval_cli(data, tmp_path):
     cli = json.loads((tmp_path / "cli" / "eval.json").read_text())
     for task, metrics in step_eval["tasks"].items():  # same model, same studies: same numbers
         assert cli["tasks"][task]["auc"] == pytest.approx(metrics["auc"], abs=1e-6) or np.isnan(metrics["auc"])
+    # --pointing: masks covering every scan, lesion (1) for the glioma and the stroke, oedema (2) for the meningioma
+    lines = []
+    for line in (data / "manifest.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        value = {"glioma": 1, "stroke": 1, "meningioma": 2}.get(entry["label"], 0)
+        mask = np.full((40, 40, 12), value, np.uint8)  # the scans' grid ([x, y, z]) and affine
+        nib.save(nib.Nifti1Image(mask, np.diag([1.5, 1.5, 4.0, 1.0])), tmp_path / f"mask_{entry['label']}.nii.gz")
+        lines.append(json.dumps({**entry, "study": str(data / entry["study"]),
+                                 "mask": str(tmp_path / f"mask_{entry['label']}.nii.gz")}))
+    (tmp_path / "masks.jsonl").write_text("\n".join(lines) + "\n")
+    game = subprocess.run(cmd[:cmd.index("--manifest") + 1] + [str(tmp_path / "masks.jsonl"), "--prompts",
+                                                             "pub_brain_5", "--no-progress", "--pointing"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert game.returncode == 0, game.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in game.stdout.splitlines() if line.startswith("  ")}
+    assert "3 lesion studies" in game.stdout
+    assert rows["Glioma"] == ["1.000", "1.000"] and rows["Meningioma"] == ["0.000", "1.000"]
+    assert rows["all"] == ["0.667", "1.000"]
     # every study unreadable: an error and a non-zero exit, not a table of NaNs that looks like a result
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
     (tmp_path / "broken.jsonl").write_text(json.dumps({"study": "broken.nii.gz", "label": "glioma"}) + "\n")

@@ -243,7 +243,10 @@ SKIP_NORMAL = {
     "meningioma": ("hemorrhage", "shift", "enh", "extra"),
     "metastasis": ("hemorrhage", "shift", "dwi", "enh", "gw", "fossa"),
 }
-COMPARISONS = ("None.", "No prior study is available for comparison.", "None; this is the first MRI study of the brain.")
+# (a training view of FINDINGS and IMPRESSION only, `report_text: sections`, never reads COMPARISON: there the
+# impression lead-in is what teaches the template's words)
+COMPARISONS = ("None.", "No prior study is available for comparison.",
+               "None; this is the first MRI study of the brain.")
 # an impression that is a noun phrase can be a sentence of its own: "This MRI study shows ..." (the words of the
 # reference's zero-shot template, which a text tower trained only on these reports would otherwise never read)
 LEAD_INS = ("This MRI study shows ", "The study shows ")

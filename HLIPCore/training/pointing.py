@@ -13,15 +13,20 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..data import load_study, preprocess_study, select_scans
+from ..errors import InputError
 
 
 def _mask_value_at(mask_path, ras: np.ndarray) -> int:
     """The mask's label at the voxel nearest to `ras` (mm); 0 outside the mask's grid."""
     import nibabel as nib
-    image = nib.load(str(mask_path))
+    try:
+        image = nib.load(str(mask_path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # missing, truncated gzip, not a NIfTI: one line naming the mask, not a traceback
+        detail = str(exc).splitlines()[0][:80] if str(exc) else "corrupt"
+        raise InputError(f"{mask_path}: unreadable lesion mask ({type(exc).__name__}: {detail})") from None
     ijk = np.linalg.inv(image.affine) @ np.append(ras, 1.0)
     index = tuple(int(round(v)) for v in ijk[:3])
-    data = np.asanyarray(image.dataobj)
     if any(i < 0 or i >= n for i, n in zip(index, data.shape[:3])):
         return 0
     return int(data[index])

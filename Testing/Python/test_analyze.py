@@ -12,7 +12,7 @@ import torch
 
 from data_fixtures import affine_from, blob_volume, dicomdir_tests_folder, write_series
 from HLIPCore.analyze import AnalyzeOptions, Analyzer, analyze_batch
-from HLIPCore.errors import ConfigError
+from HLIPCore.errors import ConfigError, InputError
 from HLIPCore.prompts import PromptSet, load_prompt_set
 from HLIPCore.zeroshot import build_classifier, encode_texts, ensemble
 
@@ -168,6 +168,9 @@ def test_pointing_game_looks_up_the_map_peak_in_the_mask(tiny_model_dir, study_d
                ManifestEntry([study_dir], label="normal", mask=tmp_path / "hit.nii.gz")]
     result = pointing_game(analyzer, entries)
     assert result == {"Glioma": 1 / 3, "all": 1 / 3, "n": 3, "abnormal": {"Glioma": 2 / 3, "all": 2 / 3}}
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")  # a corrupt mask: one line naming it
+    with pytest.raises(InputError, match=r"broken\.nii\.gz: unreadable lesion mask"):
+        pointing_game(analyzer, [ManifestEntry([study_dir], label="glioma", mask=tmp_path / "broken.nii.gz")])
 
 
 def test_single_scan_model_takes_the_scan_with_most_slices(tmp_path, tokenizer_dir, study_dir):

@@ -290,6 +290,7 @@ def test_impressions_use_the_template_words():
     """The words of the zero-shot template ("This MRI study shows: {}.") occur in every class's impressions: a
     from-scratch text tower met "study" and "shows" nowhere else, so the template's sub-word pieces outweighed the
     one-word prompt in a mean-pooled embedding."""
+    from HLIPCore.phantoms.reports import LEAD_INS
     from HLIPCore.prompts import load_prompt_set
     template = load_prompt_set("pub_brain_5").templates[0]
     words = re.findall(r"[a-z]+", template.replace("{}", "").lower())
@@ -301,7 +302,7 @@ def test_impressions_use_the_template_words():
                        for i in range(40)]
         seen = set().union(*(re.findall(r"[a-z]+", text.lower()) for text in impressions))
         assert set(words) <= seen, (label, set(words) - seen)
-        led = [t for t in impressions if t.startswith(("This MRI study shows ", "The study shows "))]
+        led = [t for t in impressions if t.startswith(LEAD_INS)]
         assert 0 < len(led) < len(impressions), label   # a lead-in sometimes, not always
         assert all(t.split(" shows ", 1)[1][0].islower() for t in led)  # "shows acute stroke", not "shows Acute"
 

@@ -49,6 +49,18 @@ def refine_layer(stem):
     return stem.convs[2]
 
 
+def refine_geometry(stem) -> Tuple[int, Tuple[int, int, int]]:
+    """(channels, stride in input voxels) of `refine_layer(stem)`'s output: its cells, which the stem loss of
+    training labels."""
+    target, channels, stride = refine_layer(stem), None, [1, 1, 1]
+    for module in stem.convs:
+        if isinstance(module, torch.nn.Conv3d):
+            channels, stride = module.out_channels, [a * b for a, b in zip(stride, module.stride)]
+        if module is target:
+            return channels, tuple(stride)
+    raise ValueError("the refine layer is not one of the stem's layers")
+
+
 def explained_block(trunk) -> int:
     """The last study-level block (the reference's choice), else the last block."""
     study = [i for i, level in enumerate(trunk.attn_layout) if level == "study"]

@@ -64,6 +64,10 @@ class TrainConfig:
     study_loss_weight: float = 0.0                 # > 0: study-label cross-entropy on the image embedding
     attention_loss_weight: float = 0.0             # > 0: the explained block's class-token attention pulled onto
     #   the lesion tokens (series_masks): what the attention maps show is then where the lesion is
+    stem_loss_weight: float = 0.0                  # > 0 (conv-stem models): each cell of the stem layer the refined
+    #   maps read (10 x 6.4 x 6.4 mm in the demo) classified as lesion core or not, oedema counting as not: the
+    #   token says which 40 mm block holds the lesion, this teaches the finer layer where in it the core is
+    stem_loss_core_threshold: float = 0.25         #   a cell is core when this fraction of it is lesion core
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = False
@@ -100,8 +104,10 @@ class TrainConfig:
         core = self.token_loss_core_threshold
         if core is not None and not (isinstance(core, (int, float)) and 0 < core <= 1):
             bad("token_loss_core_threshold", f"must be in (0, 1] or null, got {core!r}")
+        if not (isinstance(self.stem_loss_core_threshold, (int, float)) and 0 < self.stem_loss_core_threshold <= 1):
+            bad("stem_loss_core_threshold", f"must be in (0, 1], got {self.stem_loss_core_threshold!r}")
         for key in ("lr", "wd", "eps", "intensity_scale", "intensity_shift", "token_loss_weight",
-                    "study_loss_weight", "attention_loss_weight"):
+                    "study_loss_weight", "attention_loss_weight", "stem_loss_weight"):
             if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
                 bad(key, f"must be a non-negative number, got {getattr(self, key)!r}")
         if not (isinstance(self.patch_dropout, (int, float)) and 0 <= self.patch_dropout < 1):

@@ -31,7 +31,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -127,6 +127,7 @@ class StudyCache:
                  token_grid: Optional[Sequence[int]] = None):
         self.folder = Path(folder)
         self.token_grid = tuple(token_grid) if token_grid else None  # patch size: cache lesion fraction per token
+        self.cell_grid: Optional[Tuple[int, int, int]] = None  # the stem loss's cell size, when it is on
         self.preprocess = preprocess
         self.max_scans = max_scans
         self.selection = selection
@@ -167,12 +168,21 @@ class StudyCache:
         """Per token of every scan, [N, 2, D', H', W'] (float16): the fraction of abnormal voxels (mask > 0:
         the lesion and its oedema) and of lesion-core voxels (mask == 1), from the entry's `series_masks` pushed
         through the same geometric steps as the images; None without masks."""
-        if not (self.token_grid and entry.series_masks):
+        return self.mask_fractions(entry, self.token_grid) if self.token_grid else None
+
+    def cell_targets(self, entry: ManifestEntry) -> Optional[torch.Tensor]:
+        """The same fractions per cell of the conv stem's refine layer (`cell_grid` voxels each), for the stem
+        loss; None without masks or without a cell grid."""
+        return self.mask_fractions(entry, self.cell_grid) if self.cell_grid else None
+
+    def mask_fractions(self, entry: ManifestEntry, pool: Sequence[int]) -> Optional[torch.Tensor]:
+        """[N, 2, D/pd, H/ph, W/pw] abnormal and core fractions per `pool` block (cached next to the study)."""
+        if not entry.series_masks:
             return None
         from ..data import load_study, preprocess_scan
         from ..model.checkpoint import save_torch_atomic
-        # the patch size names the file: a model with another token grid must not read these fractions
-        target = self.path(entry).with_suffix(".tokens{}.pt".format("x".join(map(str, self.token_grid))))
+        # the pooling names the file: a model with another token grid must not read these fractions
+        target = self.path(entry).with_suffix(".tokens{}.pt".format("x".join(map(str, pool))))
         if target.is_file():
             try:
                 return torch.load(target, map_location="cpu", weights_only=True)
@@ -188,7 +198,7 @@ class StudyCache:
                 mask.array = part.astype("float32")
                 # min-max of a 0/1 mask over its 0-100 percentiles is the identity: only geometry is applied
                 grid = preprocess_scan(mask, geometric).tensor.float()
-                per_part.append(torch.nn.functional.avg_pool3d(grid, self.token_grid)[0])
+                per_part.append(torch.nn.functional.avg_pool3d(grid, tuple(pool))[0])
             fractions.append(torch.stack(per_part))
         tokens = torch.stack(fractions).to(torch.float16)
         if tokens.shape[0] != self.num_scans(entry):  # (the scan count is cached: no second read of the study)
@@ -236,6 +246,7 @@ class TrainDataset(torch.utils.data.Dataset):
         self.augment, self.scale, self.shift = augment, intensity_scale, intensity_shift
         self.report_mode = report_mode
         self.token_classes: Optional[List[str]] = None   # set by enable_token_targets
+        self.cell_shape: Optional[Tuple[int, int, int]] = None  # set by enable_cell_targets
 
     def enable_token_targets(self, classes: List[str], normal_class: str, token_shape, threshold: float,
                              core_threshold: Optional[float] = None) -> None:
@@ -245,6 +256,25 @@ class TrainDataset(torch.utils.data.Dataset):
         self.token_classes, self.normal_class = list(classes), normal_class
         self.token_shape, self.token_threshold = tuple(token_shape), float(threshold)
         self.core_threshold = None if core_threshold is None else float(core_threshold)
+
+    def enable_cell_targets(self, cell_shape, core_threshold: float) -> None:
+        """Items (with token targets) also carry the stem loss's per-cell targets [k, d, h, w]: 1 where a cell is
+        >= core_threshold lesion core, 0 where it holds no core (oedema included: the peak belongs on the core),
+        -1 (no target) for a cell with a little core, for the lesion of a series that does not show it and for
+        studies without masks."""
+        self.cell_shape, self.cell_threshold = tuple(cell_shape), float(core_threshold)
+
+    def cell_item(self, entry: ManifestEntry, order: torch.Tensor, k: int) -> torch.Tensor:
+        cells = self.cache.cell_targets(entry)
+        if cells is None or entry.label not in self.token_classes:
+            return torch.full((k,) + self.cell_shape, -1, dtype=torch.long)
+        abnormal, core = cells[order].float().unbind(1)
+        targets = (core >= self.cell_threshold).long()
+        targets[(core > 0) & (core < self.cell_threshold)] = -1
+        if entry.series_shows:
+            hidden = ~torch.tensor(entry.series_shows)[order].view(-1, 1, 1, 1)
+            targets[(abnormal > 0) & hidden] = -1
+        return targets
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -265,10 +295,11 @@ class TrainDataset(torch.utils.data.Dataset):
             return scans, text
         label = self.entries[index].label
         study_target = torch.tensor(self.token_classes.index(label) if label in self.token_classes else -1)
+        cells = (self.cell_item(self.entries[index], order, k),) if self.cell_shape else ()
         tokens = self.cache.token_targets(self.entries[index])
         if tokens is None or label not in self.token_classes:  # -1: no token loss for this study
             return (scans, text, torch.full((k,) + self.token_shape, -1, dtype=torch.long), study_target,
-                    torch.zeros((k,) + self.token_shape))
+                    torch.zeros((k,) + self.token_shape)) + cells
         abnormal, core = tokens[order].float().unbind(1)
         lesion = abnormal >= self.token_threshold
         if self.core_threshold is not None:  # small lesions: a token holding a real part of one shows it
@@ -286,7 +317,7 @@ class TrainDataset(torch.utils.data.Dataset):
             core = core * ~hidden
         # where the class token should look: the lesion itself (not its oedema), in proportion to how much of
         # each token it fills, so the hottest token of the map is the one most inside the lesion
-        return scans, text, targets, study_target, core
+        return (scans, text, targets, study_target, core) + cells
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -331,8 +362,9 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(items) -> tuple:
-    """[(study [k, 1, D, H, W], report[, token targets, study class, lesion-core fractions])] -> (images
-    [B, k, 1, D, H, W], reports[, token targets [B, k, D', H', W'], study classes [B], core [B, k, D', H', W']])."""
+    """[(study [k, 1, D, H, W], report[, token targets, study class, lesion-core fractions[, cell targets]])] ->
+    (images [B, k, 1, D, H, W], reports[, token targets [B, k, D', H', W'], study classes [B], core [B, k, D', H',
+    W'][, cell targets [B, k, d, h, w]]])."""
     batch = (torch.stack([item[0] for item in items]), [item[1] for item in items])
     if len(items[0]) > 2:
         batch += tuple(torch.stack([item[i] for item in items]) for i in range(2, len(items[0])))

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from ..data import model_preprocess_config
 from ..errors import CheckpointError, ConfigError
-from ..losses import attention_target_loss, create_loss, token_class_loss
+from ..losses import attention_target_loss, cell_core_loss, create_loss, token_class_loss
 from ..model.checkpoint import atomic_write, save_safetensors, save_torch_atomic
 from ..model.precision import autocast
 from .config import TrainConfig
@@ -33,8 +33,8 @@ from .optim import CosineSchedule, create_optimizer
 log = logging.getLogger("HLIPCore.training")
 CHECKPOINT_FORMAT = "hlip-train-1"
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "logit_scale", "step_time_s", "eval_auc", "eval_balanced_accuracy",
-               "eval_f1", "token_loss", "study_loss", "attention_loss"]
-AUX_LOSSES = ("token_loss", "study_loss", "attention_loss")
+               "eval_f1", "token_loss", "study_loss", "attention_loss", "stem_loss"]
+AUX_LOSSES = ("token_loss", "study_loss", "attention_loss", "stem_loss")
 CLIP_KEYS = ("image_features", "text_features", "logit_scale", "logit_bias")
 
 
@@ -153,11 +153,21 @@ class TrainingHeadsNet(torch.nn.Module):
     [B, L, classes], the token loss) and `study_head` on the normalised image embedding (`study_logits` [B, classes],
     a cosine classifier at temperature 0.1, the study loss). With `attend`, also the class token's attention over
     the patch tokens in the block the attention maps explain (`class_attention` [B, L], mean over heads; the
-    attention loss). One module, so DDP synchronises all; only `model` is exported."""
+    attention loss). With `stem_cells`, `cell_head` reads the conv-stem layer the refined maps read (`cell_logits`
+    [B, k, d, h, w], the stem loss). One module, so DDP synchronises all; only `model` is exported."""
 
-    def __init__(self, model: torch.nn.Module, num_classes: int, attend: bool = False):
+    def __init__(self, model: torch.nn.Module, num_classes: int, attend: bool = False, stem_cells: bool = False):
         super().__init__()
         self.model = model
+        self.cell_head, self._cells = None, []
+        if stem_cells:
+            from ..attention_maps import has_conv_stem, refine_geometry, refine_layer
+            if not has_conv_stem(model):
+                raise ConfigError("training config: 'stem_loss_weight': the model embeds patches linearly; the stem "
+                                  "loss needs a convolutional stem")
+            stem = model.visual.trunk.patch_embed
+            self.cell_head = torch.nn.Conv3d(refine_geometry(stem)[0], 1, kernel_size=1)
+            refine_layer(stem).register_forward_hook(lambda module, inputs, output: self._cells.append(output))
         self.head = torch.nn.Linear(model.visual.trunk.num_features, num_classes)
         self.study_head = torch.nn.Linear(model.visual.head.proj.out_features, num_classes)
         self.attend = attend
@@ -185,6 +195,9 @@ class TrainingHeadsNet(torch.nn.Module):
                 attn.record, attn.attn_probs = None, None
         out["token_logits"] = self.head(out.pop("image_tokens"))
         out["study_logits"] = self.study_head(out["image_features"]) * 10.0
+        if self.cell_head is not None and image is not None:  # [B*k, C, d, h, w] -> [B, k, d, h, w]
+            out["cell_logits"] = self.cell_head(self._cells[-1])[:, 0].unflatten(0, image.shape[:2])
+        self._cells.clear()
         return out
 
 
@@ -205,8 +218,9 @@ class Trainer:
         # data first: the tokenizer may be built from the reports
         manifests = cfg.train_manifest if isinstance(cfg.train_manifest, list) else [cfg.train_manifest]
         self.entries = [entry for manifest in manifests for entry in read_manifest(manifest)]
-        mask_loss = "token_loss_weight" if cfg.token_loss_weight else "attention_loss_weight"
-        if (cfg.token_loss_weight or cfg.attention_loss_weight) and not any(e.series_masks for e in self.entries):
+        mask_loss = next(k for k in ("token_loss_weight", "attention_loss_weight", "stem_loss_weight", "")
+                         if not k or getattr(cfg, k))
+        if mask_loss and not any(e.series_masks for e in self.entries):
             raise ConfigError(f"training config: '{mask_loss}': {cfg.train_manifest} has no 'series_masks' "
                               "to make token targets from")
         for key in ("study_loss_weight", "clip_label_positives"):
@@ -232,14 +246,19 @@ class Trainer:
             model.set_grad_checkpointing(True)
         self.model = model.to(self.device)
         self.token_net, self.token_classes = None, None
-        heads = bool(cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight)
+        heads = bool(cfg.token_loss_weight or cfg.study_loss_weight or cfg.attention_loss_weight
+                     or cfg.stem_loss_weight)
         if heads or cfg.clip_label_positives:  # both read the study labels (as class indices)
             self.token_classes = sorted({e.label for e in self.entries if e.label} | {cfg.token_normal_class})
         if heads:
             self.token_net = TrainingHeadsNet(self.model, len(self.token_classes),
-                                              attend=bool(cfg.attention_loss_weight)).to(self.device)
-            if cfg.token_loss_weight or cfg.attention_loss_weight:
+                                              attend=bool(cfg.attention_loss_weight),
+                                              stem_cells=bool(cfg.stem_loss_weight)).to(self.device)
+            if cfg.token_loss_weight or cfg.attention_loss_weight or cfg.stem_loss_weight:
                 self.cache.token_grid = self.model.visual.trunk.patch_embed.patch_size
+            if cfg.stem_loss_weight:
+                from ..attention_maps import refine_geometry
+                self.cache.cell_grid = refine_geometry(self.model.visual.trunk.patch_embed)[1]
         self.net = self.token_net or self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -249,7 +268,9 @@ class Trainer:
         self.optimizer = create_optimizer(self.model, cfg.lr, cfg.wd, cfg.betas, cfg.eps)
         if self.token_net is not None:  # the training-only head: its own groups, the same schedule
             from .optim import param_groups
-            for head in (self.token_net.head, self.token_net.study_head):
+            for head in (self.token_net.head, self.token_net.study_head, self.token_net.cell_head):
+                if head is None:
+                    continue
                 for group in param_groups(head, cfg.wd):
                     self.optimizer.add_param_group(group)
         self.loss_fn = create_loss(cfg.siglip)
@@ -259,6 +280,10 @@ class Trainer:
             self.dataset.enable_token_targets(self.token_classes, cfg.token_normal_class,
                                               self.model.visual.trunk.patch_embed.grid_size,
                                               cfg.token_loss_threshold, cfg.token_loss_core_threshold)
+            if cfg.stem_loss_weight:
+                trunk = self.model.visual.trunk
+                cells = tuple(i // c for i, c in zip(trunk.patch_embed.img_size, self.cache.cell_grid))
+                self.dataset.enable_cell_targets(cells, cfg.stem_loss_core_threshold)
         global_batch = self.world * cfg.accum_steps * cfg.batch_size
         self.steps_per_epoch = len(self.entries) // global_batch
         if self.steps_per_epoch < 1:
@@ -382,6 +407,8 @@ class Trainer:
             counts[self.cache.key(self.entries[i])] = self.cache.num_scans(self.entries[i])
             if self.cache.token_grid:
                 self.cache.token_targets(self.entries[i])
+            if self.cache.cell_grid:
+                self.cache.cell_targets(self.entries[i])
         if self.world > 1:
             gathered = [None] * self.world
             dist.all_gather_object(gathered, counts)
@@ -414,7 +441,7 @@ class Trainer:
             """Token, study and attention losses of this micro-batch (its `share` of the batch)."""
             if targets is None:
                 return 0.0
-            tokens, studies, core = targets
+            tokens, studies, core = targets[:3]
             normal = self.token_classes.index(cfg.token_normal_class)
             total, terms = 0.0, []
             if cfg.token_loss_weight:
@@ -426,6 +453,10 @@ class Trainer:
             if cfg.attention_loss_weight:
                 terms.append(("attention_loss", cfg.attention_loss_weight,
                               attention_target_loss(out["class_attention"], tokens, normal, core)))
+            if cfg.stem_loss_weight:
+                cells = targets[3]
+                logits = out["cell_logits"][(...,) + tuple(slice(0, n) for n in cells.shape[-3:])]
+                terms.append(("stem_loss", cfg.stem_loss_weight, cell_core_loss(logits, cells)))
             for name, weight, value in terms:
                 aux[name].append(float(value.detach()) * share)
                 total = total + weight * value * share

@@ -234,3 +234,55 @@ def test_attention_loss_needs_a_study_level_block(data, tmp_path):
     model["vision_cfg"]["attn_layout"] = ["slice", "scan", "scan"]
     with pytest.raises(ConfigError, match="study-level block"):
         Trainer(_config(data, tmp_path / "x", model=model, attention_loss_weight=1.0), progress=False)
+
+
+# -- the stem loss: the conv stem's finest cells told where the lesion core is ----------------------------------
+
+def _conv_stem_model() -> dict:
+    from HLIPCore.model.factory import get_model_config
+    mcfg = json.loads(json.dumps(get_model_config("tiny_multiscan_h3")))
+    mcfg["vision_cfg"]["stem"] = {"layers": [[8, [2, 4, 4], [2, 4, 4]], [16, 2, 3], [16, 2, 3]], "norm": "batch"}
+    return mcfg
+
+
+def test_stem_loss_averages_core_and_other_cells_separately():
+    from HLIPCore.losses import cell_core_loss
+    logits = torch.randn(2, 3, 4)
+    targets = torch.tensor([[[1, 0, 0, -1]] * 3, [[0, 0, 0, 0]] * 3])
+    bce = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).float(), reduction="none")
+    expected = (bce[targets == 1].mean() + bce[targets == 0].mean()) / 2
+    torch.testing.assert_close(cell_core_loss(logits, targets), expected)
+    assert cell_core_loss(logits, torch.full_like(targets, -1)).item() == 0.0
+
+
+def test_stem_cells_refine_the_token_targets_and_the_stem_loss_trains(data, tmp_path):
+    """Cell targets are the same mask at the stem layer's stride (averaged back over a token they give the
+    token's fraction); cells with a little core get no target; the stem head learns them and is not exported."""
+    from HLIPCore.attention_maps import refine_geometry
+    cfg = _config(data, tmp_path / "stem", model=_conv_stem_model(), stem_loss_weight=1.0, steps=20, lr=3e-3,
+                  augment=False, batch_size=4, stem_loss_core_threshold=0.5)
+    trainer = Trainer(cfg, resume=None, progress=False)
+    stem = trainer.model.visual.trunk.patch_embed
+    assert refine_geometry(stem) == (8, (2, 4, 4)) and trainer.cache.cell_grid == (2, 4, 4)
+    entry = trainer.entries[1]  # glioma
+    cells, tokens = trainer.cache.cell_targets(entry).float(), trainer.cache.token_targets(entry).float()
+    assert cells.shape == (2, 2, 8, 16, 16)
+    torch.testing.assert_close(F.avg_pool3d(cells[:, 1], (4, 4, 4)), tokens[:, 1], atol=2e-3, rtol=0)
+    item = trainer.dataset[(1, 2, 0)]
+    assert len(item) == 6 and item[5].shape == (2, 8, 16, 16)
+    core = cells[:, 1]  # without augmentation the scans come in file order
+    assert torch.equal(item[5] == 1, core >= 0.5) and torch.equal(item[5] == 0, core == 0)
+    assert bool((item[5] == -1).any())  # the lesion's rim: partly core, no target
+    assert int(trainer.dataset[(0, 2, 0)][5].max()) == 0  # normal study: every cell "not core"
+    rows = trainer.train()
+    losses = [float(r["stem_loss"]) for r in rows]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    assert {"cell_head.weight", "cell_head.bias"} <= set(trainer.token_net.heads_state_dict())
+    from HLIPCore.model.checkpoint import load_state_dict
+    exported = load_state_dict(tmp_path / "stem" / "final" / "model.safetensors")
+    assert not any("cell_head" in name for name in exported)
+
+
+def test_stem_loss_needs_a_conv_stem(data, tmp_path):
+    with pytest.raises(ConfigError, match="stem_loss_weight.*convolutional stem"):
+        Trainer(_config(data, tmp_path / "lin", stem_loss_weight=1.0), resume=None, progress=False)

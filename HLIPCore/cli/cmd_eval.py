@@ -60,13 +60,14 @@ def run(args) -> int:
                                            prompts=args.prompts, device=args.device, precision=args.dtype,
                                            attention_method=args.attention_method))
         game = pointing_game(analyzer, entries, task=args.pointing, progress=not args.no_progress)
-        abnormal = game.pop("abnormal")
+        abnormal, distance = game.pop("abnormal"), game.pop("distance_mm")
         print(f"pointing game ({args.pointing}, {analyzer.attention_method} map peak inside the lesion; "
               f"{game.pop('n')} lesion studies):")
-        print(f"  {'class':<14} {'lesion':>7} {'lesion or oedema':>17}")
+        print(f"  {'class':<14} {'lesion':>7} {'lesion or oedema':>17} {'median mm to lesion':>20}")
         for cls, value in game.items():
             cells = [f"{v:.3f}" if v is not None else "-" for v in (value, abnormal[cls])]
-            print(f"  {cls:<14} {cells[0]:>7} {cells[1]:>17}")
+            mm = f"{distance[cls]:.1f}" if distance[cls] is not None else "-"
+            print(f"  {cls:<14} {cells[0]:>7} {cells[1]:>17} {mm:>20}")
     if args.out:
         print(f"wrote {Path(args.out) / 'eval.json'} and eval_predictions.csv")
     return 0

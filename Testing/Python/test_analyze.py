@@ -167,7 +167,23 @@ def test_pointing_game_looks_up_the_map_peak_in_the_mask(tiny_model_dir, study_d
                ManifestEntry([study_dir], label="glioma", mask=tmp_path / "oedema.nii.gz"),
                ManifestEntry([study_dir], label="normal", mask=tmp_path / "hit.nii.gz")]
     result = pointing_game(analyzer, entries)
-    assert result == {"Glioma": 1 / 3, "all": 1 / 3, "n": 3, "abnormal": {"Glioma": 2 / 3, "all": 2 / 3}}
+    # distances: 0 for the hit, 4 mm (two 2 mm voxels) to the lesion around the hole, none without lesion voxels
+    assert result == {"Glioma": 1 / 3, "all": 1 / 3, "n": 3, "abnormal": {"Glioma": 2 / 3, "all": 2 / 3},
+                      "distance_mm": {"Glioma": 2.0, "all": 2.0}}
+    from HLIPCore.training.pointing import _look_up
+    assert _look_up(tmp_path / "miss.nii.gz", ras) == (0, pytest.approx(4.0, abs=1e-6))
+    assert _look_up(tmp_path / "oedema.nii.gz", ras) == (2, None)
+    # the same game from the command line prints the table with the distance column
+    lines = [{"study": str(study_dir), "label": "glioma", "mask": str(tmp_path / m)} for m in ("hit.nii.gz", "miss.nii.gz")]
+    lines.append({"study": str(study_dir), "label": "normal"})
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cmd = [sys.executable, "-m", "HLIPCore.cli.main", "eval", "--model", str(tiny_model_dir), "--manifest",
+           str(tmp_path / "eval.jsonl"), "--prompts", "pub_brain_5", "--pointing", "--device", "cpu", "--no-progress"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "median mm to lesion" in done.stdout
+    row = next(line.split() for line in done.stdout.splitlines() if line.strip().startswith("Glioma"))
+    assert row[1:] == ["0.500", "0.500", "2.0"], done.stdout
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")  # a corrupt mask: one line naming it
     with pytest.raises(InputError, match=r"broken\.nii\.gz: unreadable lesion mask"):
         pointing_game(analyzer, [ManifestEntry([study_dir], label="glioma", mask=tmp_path / "broken.nii.gz")])

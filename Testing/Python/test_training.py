@@ -295,8 +295,9 @@ def test_periodic_eval_and_hlip_eval_cli(data, tmp_path):
     assert game.returncode == 0, game.stderr[-3000:]
     rows = {line.split()[0]: line.split()[1:] for line in game.stdout.splitlines() if line.startswith("  ")}
     assert "3 lesion studies" in game.stdout
-    assert rows["Glioma"] == ["1.000", "1.000"] and rows["Meningioma"] == ["0.000", "1.000"]
-    assert rows["all"] == ["0.667", "1.000"]
+    # (the meningioma mask is all oedema: no lesion voxel to measure a distance to)
+    assert rows["Glioma"] == ["1.000", "1.000", "0.0"] and rows["Meningioma"] == ["0.000", "1.000", "-"]
+    assert rows["all"] == ["0.667", "1.000", "0.0"]
     # every study unreadable: an error and a non-zero exit, not a table of NaNs that looks like a result
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
     (tmp_path / "broken.jsonl").write_text(json.dumps({"study": "broken.nii.gz", "label": "glioma"}) + "\n")

@@ -237,6 +237,11 @@ def augment_study(scans: torch.Tensor, k: int, gen: torch.Generator, scale: floa
     return (out, order) if return_order else out
 
 
+def _hidden(entry: ManifestEntry, order: torch.Tensor) -> torch.Tensor:
+    """[k, 1, 1, 1] True for the sampled scans whose series does not show the entry's finding (`series_shows`)."""
+    return ~torch.tensor(entry.series_shows)[order].view(-1, 1, 1, 1)
+
+
 class TrainDataset(torch.utils.data.Dataset):
     """Items are addressed by (study index, scans to take, epoch) so that a sampler can fix k per global batch."""
 
@@ -272,8 +277,7 @@ class TrainDataset(torch.utils.data.Dataset):
         targets = (core >= self.cell_threshold).long()
         targets[(core > 0) & (core < self.cell_threshold)] = -1
         if entry.series_shows:
-            hidden = ~torch.tensor(entry.series_shows)[order].view(-1, 1, 1, 1)
-            targets[(abnormal > 0) & hidden] = -1
+            targets[(abnormal > 0) & _hidden(entry, order)] = -1
         return targets
 
     def __len__(self) -> int:
@@ -310,9 +314,8 @@ class TrainDataset(torch.utils.data.Dataset):
         # target (calling a small metastasis's token "normal" would teach the model to miss it)
         targets[abnormal > 0] = -1
         targets[lesion] = self.token_classes.index(label)
-        shows = self.entries[index].series_shows
-        if shows:  # lesion tokens of a series that does not show the finding: no target, no attention
-            hidden = ~torch.tensor(shows)[order].view(-1, 1, 1, 1)
+        if self.entries[index].series_shows:  # lesion tokens of a series that does not show it: no target, no attention
+            hidden = _hidden(self.entries[index], order)
             targets[(abnormal > 0) & hidden] = -1
             core = core * ~hidden
         # where the class token should look: the lesion itself (not its oedema), in proportion to how much of

@@ -159,15 +159,14 @@ class TrainingHeadsNet(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, num_classes: int, attend: bool = False, stem_cells: bool = False):
         super().__init__()
         self.model = model
-        self.cell_head, self._cells = None, []
+        self.cell_head = None
         if stem_cells:
-            from ..attention_maps import has_conv_stem, refine_geometry, refine_layer
+            from ..attention_maps import has_conv_stem, refine_geometry
             if not has_conv_stem(model):
                 raise ConfigError("training config: 'stem_loss_weight': the model embeds patches linearly; the stem "
                                   "loss needs a convolutional stem")
             stem = model.visual.trunk.patch_embed
             self.cell_head = torch.nn.Conv3d(refine_geometry(stem)[0], 1, kernel_size=1)
-            refine_layer(stem).register_forward_hook(lambda module, inputs, output: self._cells.append(output))
         self.head = torch.nn.Linear(model.visual.trunk.num_features, num_classes)
         self.study_head = torch.nn.Linear(model.visual.head.proj.out_features, num_classes)
         self.attend = attend
@@ -186,6 +185,12 @@ class TrainingHeadsNet(torch.nn.Module):
         attn = self.model.visual.trunk.blocks[self.explained].attn if self.attend and image is not None else None
         if attn is not None:
             attn.record = "class_row"
+        # the stem layer's output is caught only during this forward: the exported model (and the periodic
+        # evaluation, which runs it) keeps no hook and no activations
+        cells, hook = [], None
+        if self.cell_head is not None and image is not None:
+            from ..attention_maps import refine_layer
+            hook = refine_layer(self.model.visual.trunk.patch_embed).register_forward_hook(lambda module, inputs, output: cells.append(output))
         try:
             out = self.model(image, text, return_tokens=True)
             if attn is not None:  # one window per study at the study level: [B, heads, 1, 1 + L] -> [B, L]
@@ -193,11 +198,12 @@ class TrainingHeadsNet(torch.nn.Module):
         finally:
             if attn is not None:
                 attn.record, attn.attn_probs = None, None
+            if hook is not None:
+                hook.remove()
         out["token_logits"] = self.head(out.pop("image_tokens"))
         out["study_logits"] = self.study_head(out["image_features"]) * 10.0
-        if self.cell_head is not None and image is not None:  # [B*k, C, d, h, w] -> [B, k, d, h, w]
-            out["cell_logits"] = self.cell_head(self._cells[-1])[:, 0].unflatten(0, image.shape[:2])
-        self._cells.clear()
+        if cells:  # [B*k, C, d, h, w] -> [B, k, d, h, w]
+            out["cell_logits"] = self.cell_head(cells[0])[:, 0].unflatten(0, image.shape[:2])
         return out
 
 
@@ -454,9 +460,7 @@ class Trainer:
                 terms.append(("attention_loss", cfg.attention_loss_weight,
                               attention_target_loss(out["class_attention"], tokens, normal, core)))
             if cfg.stem_loss_weight:
-                cells = targets[3]
-                logits = out["cell_logits"][(...,) + tuple(slice(0, n) for n in cells.shape[-3:])]
-                terms.append(("stem_loss", cfg.stem_loss_weight, cell_core_loss(logits, cells)))
+                terms.append(("stem_loss", cfg.stem_loss_weight, cell_core_loss(out["cell_logits"], targets[3])))
             for name, weight, value in terms:
                 aux[name].append(float(value.detach()) * share)
                 total = total + weight * value * share

@@ -198,11 +198,23 @@ def analyze_batch(sources: Sequence, out_root: Union[str, Path], options: Analyz
     """Analyse every study into out_root/<study>/ (`flat`: a single study straight into out_root); write
     out_root/scores.csv. A failing study is recorded with its error and the batch goes on; a study whose report
     matches this model and prompt set is not redone unless `force`."""
-    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
     out_root = Path(out_root)
+    sources = list(sources)
     analyzer = Analyzer(options)
+    with logging_redirect_tqdm():  # log lines print above the bar instead of breaking it
+        rows = _analyze_each(analyzer, sources, out_root, force, show_progress and len(sources) > 1, flat)
+    write_scores_csv(rows, out_root / "scores.csv")
+    return rows
+
+
+def _analyze_each(analyzer: "Analyzer", sources: list, out_root: Path, force: bool, show_progress: bool,
+                  flat: bool) -> List[dict]:
+    from tqdm import tqdm
+    # a batch reports each failure as it happens; for one study the caller's printed row is the one line
+    report_failure = log.error if len(sources) > 1 else log.debug
     rows, names = [], set()
-    bar = tqdm(list(sources), desc="studies", unit="study", disable=not show_progress)
+    bar = tqdm(sources, desc="studies", unit="study", disable=not show_progress)
     for source in bar:
         name = study_name(source)
         while name in names:  # two studies with the same folder name get distinct output folders
@@ -219,11 +231,10 @@ def analyze_batch(sources: Sequence, out_root: Union[str, Path], options: Analyz
         try:
             rows.append(analyzer.analyze(source, out_dir, name=name))
         except HLIPError as exc:
-            log.error("%s: %s", name, exc)
+            report_failure("%s: %s", name, exc)
             rows.append({"study": name, "status": "error", "error": str(exc)})
         except Exception as exc:  # keep the batch going; the traceback goes to the debug log
             log.debug("unexpected failure on %s", name, exc_info=True)
-            log.error("%s: unexpected %s: %s", name, type(exc).__name__, exc)
+            report_failure("%s: unexpected %s: %s", name, type(exc).__name__, exc)
             rows.append({"study": name, "status": "error", "error": f"{type(exc).__name__}: {exc}"})
-    write_scores_csv(rows, out_root / "scores.csv")
     return rows

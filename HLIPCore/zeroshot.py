@@ -129,7 +129,7 @@ def build_classifier(model, tokenizer, prompt_set, checkpoint: Optional[Path] = 
     if use_cache and path.is_file():
         try:
             weights = load_file(str(path))
-            log.info("text embeddings from cache %s", path.name)
+            log.debug("text embeddings from cache %s", path.name)  # a detail: --debug shows it
         except Exception as exc:  # a damaged cache file is rebuilt, never fatal
             log.warning("ignoring unreadable text-embedding cache %s (%s)", path, exc)
     if weights is None or set(weights) != {t.name for t in prompt_set.tasks}:

@@ -28,6 +28,7 @@ def add_parser(sub):
     p.add_argument("--download", action="store_true", help="download a catalog model that is not cached yet")
     p.add_argument("--force", action="store_true", help="redo studies that already have a report")
     p.add_argument("--no-overview", action="store_true", help="do not write overview.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown for several studies)")
     p.set_defaults(func=run)
 
 
@@ -44,7 +45,8 @@ def run(args) -> int:
         selection=ScanSelection(max_scans=args.max_scans, include_modalities=tuple(args.include_modality),
                                 exclude_description=args.exclude_description, min_slices=args.min_slices))
     out = Path(args.out)
-    rows = analyze_batch(args.studies, out, options, force=args.force, flat=len(args.studies) == 1)
+    rows = analyze_batch(args.studies, out, options, force=args.force, show_progress=not args.no_progress,
+                         flat=len(args.studies) == 1)
     failed = [r for r in rows if r.get("status") != "ok"]
     for row in rows:
         if row.get("status") == "ok":

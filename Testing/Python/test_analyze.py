@@ -120,6 +120,23 @@ def test_batch_continues_past_a_corrupt_study_and_skips_finished(tiny_model_dir,
     assert report.stat().st_mtime_ns == stamp  # finished study not redone
 
 
+def test_hlip_analyze_cli_says_a_failure_once(tiny_model_dir, study_dir, tmp_path):
+    """Bad input on the command line: one line naming the study for a single study (no progress bar); in a batch
+    the failure is also logged as it happens, and --no-progress leaves no bar in a log file."""
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    base = [sys.executable, "-m", "HLIPCore.cli.main", "analyze", "--model", str(tiny_model_dir), "--prompts",
+            "pub_brain_5", "--attention", "none", "--device", "cpu"]
+    done = subprocess.run(base + [str(empty), "--out", str(tmp_path / "one")], cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 1 and lines == [f"empty_folder: FAILED: {empty}: empty folder (no files)"], lines
+    done = subprocess.run(base + [str(study_dir), str(empty), "--out", str(tmp_path / "two"), "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "studies:" not in done.stderr, done.stderr
+    assert "ERROR: empty_folder: " in done.stderr and "empty_folder: FAILED" in done.stdout
+    assert "1/2 studies analysed" in done.stdout
+
+
 def test_rollout_maps(tiny_model_dir, study_dir, tmp_path):
     report = Analyzer(options(tiny_model_dir, attention_method="rollout")).analyze(study_dir, tmp_path / "r")
     assert {(m["task"], m["class"]) for m in report["maps"]} == {("rollout", "class-agnostic")}

@@ -203,7 +203,7 @@ def analyze_batch(sources: Sequence, out_root: Union[str, Path], options: Analyz
     sources = list(sources)
     analyzer = Analyzer(options)
     with logging_redirect_tqdm():  # log lines print above the bar instead of breaking it
-        rows = _analyze_each(analyzer, sources, out_root, force, show_progress and len(sources) > 1, flat)
+        rows = _analyze_each(analyzer, sources, out_root, force, show_progress, flat)
     write_scores_csv(rows, out_root / "scores.csv")
     return rows
 
@@ -211,10 +211,12 @@ def analyze_batch(sources: Sequence, out_root: Union[str, Path], options: Analyz
 def _analyze_each(analyzer: "Analyzer", sources: list, out_root: Path, force: bool, show_progress: bool,
                   flat: bool) -> List[dict]:
     from tqdm import tqdm
-    # a batch reports each failure as it happens; for one study the caller's printed row is the one line
-    report_failure = log.error if len(sources) > 1 else log.debug
+    # a batch shows a bar and reports each failure as it happens; for one study the caller's printed row is the
+    # one line
+    batch = len(sources) > 1
+    report_failure = log.error if batch else log.debug
     rows, names = [], set()
-    bar = tqdm(sources, desc="studies", unit="study", disable=not show_progress)
+    bar = tqdm(sources, desc="studies", unit="study", disable=not (show_progress and batch))
     for source in bar:
         name = study_name(source)
         while name in names:  # two studies with the same folder name get distinct output folders

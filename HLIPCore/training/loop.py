@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..attention_maps import explained_block, has_conv_stem, refine_geometry, refine_layer
 from ..data import model_preprocess_config
 from ..errors import CheckpointError, ConfigError
 from ..losses import attention_target_loss, cell_core_loss, create_loss, token_class_loss
@@ -161,7 +162,6 @@ class TrainingHeadsNet(torch.nn.Module):
         self.model = model
         self.cell_head = None
         if stem_cells:
-            from ..attention_maps import has_conv_stem, refine_geometry
             if not has_conv_stem(model):
                 raise ConfigError("training config: 'stem_loss_weight': the model embeds patches linearly; the stem "
                                   "loss needs a convolutional stem")
@@ -171,7 +171,6 @@ class TrainingHeadsNet(torch.nn.Module):
         self.study_head = torch.nn.Linear(model.visual.head.proj.out_features, num_classes)
         self.attend = attend
         if attend:
-            from ..attention_maps import explained_block
             trunk = model.visual.trunk
             self.explained = explained_block(trunk)
             if trunk.attn_layout[self.explained] != "study":
@@ -189,8 +188,8 @@ class TrainingHeadsNet(torch.nn.Module):
         # evaluation, which runs it) keeps no hook and no activations
         cells, hook = [], None
         if self.cell_head is not None and image is not None:
-            from ..attention_maps import refine_layer
-            hook = refine_layer(self.model.visual.trunk.patch_embed).register_forward_hook(lambda module, inputs, output: cells.append(output))
+            stem_layer = refine_layer(self.model.visual.trunk.patch_embed)
+            hook = stem_layer.register_forward_hook(lambda module, inputs, output: cells.append(output))
         try:
             out = self.model(image, text, return_tokens=True)
             if attn is not None:  # one window per study at the study level: [B, heads, 1, 1 + L] -> [B, L]
@@ -263,7 +262,6 @@ class Trainer:
             if cfg.token_loss_weight or cfg.attention_loss_weight or cfg.stem_loss_weight:
                 self.cache.token_grid = self.model.visual.trunk.patch_embed.patch_size
             if cfg.stem_loss_weight:
-                from ..attention_maps import refine_geometry
                 self.cache.cell_grid = refine_geometry(self.model.visual.trunk.patch_embed)[1]
         self.net = self.token_net or self.model
         if self.world > 1:

@@ -462,7 +462,6 @@ def scans_from_slices(slices: List[_Slice], opts: LoadOptions) -> Tuple[List[Sca
             kind = "localizer/scout: " if all(g[0].localizer for _, g in parts) else ""
             skipped.append(SkippedSeries(f"{where} {label}", kind + f"{len(series)} image(s) in {len(parts)} different "
                                          f"geometries, none with {opts.min_slices}+ slices: 2D images, not a volume"))
-            log.warning("skipped %s %s: 2D images in %d geometries", where, label, len(parts))
             parts = []
         for suffix, group in parts:
             name = f"{label} [{suffix}]" if suffix else label
@@ -474,7 +473,6 @@ def scans_from_slices(slices: List[_Slice], opts: LoadOptions) -> Tuple[List[Sca
                 warnings += check_volume(array, opts.min_slices)
             except SeriesProblem as exc:
                 skipped.append(SkippedSeries(f"{where} {name}", str(exc)))
-                log.warning("skipped %s %s: %s", where, name, exc)
                 continue
             desc = str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", "") or "").strip()
             if suffix:

@@ -90,8 +90,11 @@ def load_study(source: Source, options: Optional[LoadOptions] = None) -> Study:
     for s in skipped:
         log.debug("skipped %s", s)
 
-    if not scans:
+    if not scans:  # the error names the reason: a warning too would say it twice
         raise InputError(_nothing_usable(name, files, skipped))
+    for s in skipped:  # the study goes on without these: say so (localizers and stray files are expected)
+        if not s.reason.startswith("localizer/scout") and not s.source.endswith("other file(s)"):
+            log.warning("skipped %s: %s", s.source, s.reason)
     return Study(scans=scans, skipped=skipped)
 
 

@@ -227,3 +227,18 @@ def test_enhanced_multiframe_with_functional_groups(tmp_path):
     np.testing.assert_allclose(scan.affine[:3, 3], [0, 0, 0])
     np.testing.assert_allclose(scan.spacing, (0.5, 0.5, 2.0))
     assert not scan.warnings
+
+
+def test_a_skipped_series_is_said_once(tmp_path, caplog):
+    """Nothing usable: the InputError names the reason and no warning repeats it (the CLI printed both). A study
+    that goes on without a series warns about it, naming the series."""
+    only_2d = tmp_path / "only_2d"
+    only_2d.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), only_2d)
+    with caplog.at_level(logging.WARNING, logger="HLIPCore.data"), pytest.raises(InputError, match="2D image"):
+        load_study(only_2d)
+    assert not caplog.records, caplog.text
+    write_series(tmp_path / "volume", _volume(), GEOMETRIES["axial"], series_number=2)
+    with caplog.at_level(logging.WARNING, logger="HLIPCore.data"):
+        study = load_study(tmp_path)
+    assert len(study.scans) == 1 and any("2D image" in r.getMessage() for r in caplog.records), caplog.text

@@ -88,19 +88,24 @@ def load_study(source: Source, options: Optional[LoadOptions] = None) -> Study:
         examples = ", ".join(os.path.basename(f) for f in rest[:3]) + (", ..." if len(rest) > 3 else "")
         skipped.append(SkippedSeries(f"{len(rest)} other file(s)", f"not DICOM/NIfTI/NRRD images ({examples})"))
     for s in skipped:
-        log.debug("skipped %s", s)
+        # a study that goes on without a series says so; with nothing usable the error names the reason (a warning
+        # too would say it twice); localizers and stray files are expected
+        expected = not scans or s.reason.startswith("localizer/scout") or _stray_files(s)
+        (log.debug if expected else log.warning)("skipped %s: %s", s.source, s.reason)
 
-    if not scans:  # the error names the reason: a warning too would say it twice
+    if not scans:
         raise InputError(_nothing_usable(name, files, skipped))
-    for s in skipped:  # the study goes on without these: say so (localizers and stray files are expected)
-        if not s.reason.startswith("localizer/scout") and not s.source.endswith("other file(s)"):
-            log.warning("skipped %s: %s", s.source, s.reason)
     return Study(scans=scans, skipped=skipped)
+
+
+def _stray_files(s: SkippedSeries) -> bool:
+    """The one entry that sums up the files that are no image at all."""
+    return s.source.endswith("other file(s)")
 
 
 def _nothing_usable(name: str, files: List[str], skipped: List[SkippedSeries]) -> str:
     """One line for the InputError: the first concrete reason, and how many others."""
-    reasons = [s for s in skipped if not s.source.endswith("other file(s)")] or skipped
+    reasons = [s for s in skipped if not _stray_files(s)] or skipped
     if not reasons:
         return f"{name}: no image series found in {len(files)} file(s)"
     more = f" (and {len(reasons) - 1} more skipped)" if len(reasons) > 1 else ""

@@ -44,9 +44,19 @@ def resolve_method(model, method: str) -> str:
 
 
 def refine_layer(stem):
-    """The activation (ReLU) after the stem's first stage: the finest grid, 1/4 of the token size per axis in
-    the demo model."""
-    return stem.convs[2]
+    """The last activation (ReLU) of the stem's first stage, before any further striding: the finest grid (1/4 of
+    the token size per axis in the demo model). When the first stage holds stride-1 convolutions after its
+    patchify layer, this is the last of them, whose cells have seen their neighbours: a lone 2 x 4 x 4 patchify
+    cell cannot tell an enhancing ring from scalp fat (README, "Training and the demo model")."""
+    layers, first_conv_seen = list(stem.convs), False
+    for i, module in enumerate(layers):
+        if isinstance(module, torch.nn.Conv3d):
+            if first_conv_seen and tuple(module.stride) != (1, 1, 1):
+                break
+            first_conv_seen = True
+        elif isinstance(module, torch.nn.ReLU):
+            chosen = module
+    return chosen
 
 
 def refine_geometry(stem) -> Tuple[int, Tuple[int, int, int]]:

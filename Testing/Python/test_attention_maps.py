@@ -100,13 +100,33 @@ def test_gradcam_maps_are_per_class_and_on_the_token_grid():
     assert norm.min() == 0 and norm.max() == 1
 
 
-def _conv_stem_model():
+def _conv_stem_model(layers=((8, (2, 4, 4), (2, 4, 4)), (16, 2, 3), (16, (2, 2, 2), 3))):
     from HLIPCore.model.factory import get_model_config
     cfg = get_model_config("tiny_multiscan_h3")
     cfg["vision_cfg"]["attn_layout"] = ["scan", "study", "scan", "study"]
-    cfg["vision_cfg"]["stem"] = {"layers": [[8, [2, 4, 4], [2, 4, 4]], [16, 2, 3], [16, [2, 2, 2], 3]], "norm": "batch"}
+    cfg["vision_cfg"]["stem"] = {"layers": [list(layer) for layer in layers], "norm": "batch"}
     torch.manual_seed(0)
     return create_model(cfg).eval()
+
+
+def test_the_refined_map_reads_the_last_layer_of_the_finest_stage():
+    """A patchify stem stage alone: its own activation. A stage with stride-1 convolutions after the patchify
+    layer (cells that see their neighbours): the last of them, still on the finest grid."""
+    plain = _conv_stem_model().visual.trunk.patch_embed
+    assert attention_maps.refine_layer(plain) is plain.convs[2]
+    assert attention_maps.refine_geometry(plain) == (8, (2, 4, 4))
+    model = _conv_stem_model(((8, (2, 4, 4), (2, 4, 4)), (12, 1, 3), (16, 2, 3), (16, (2, 2, 2), 3)))
+    stem = model.visual.trunk.patch_embed
+    assert attention_maps.refine_layer(stem) is stem.convs[5]
+    assert attention_maps.refine_geometry(stem) == (12, (2, 4, 4))
+
+    class Classifier:
+        def class_score(self, features, task, cls):
+            return features.sum(dim=-1)
+
+    _, maps = attention_maps.gradcam(model, Classifier(), torch.randn(1, 2, 1, *IMG), lambda f: [("t", "0")],
+                                     refine=True)
+    assert maps[("t", "0")].shape == (2, 8, 16, 16) and not stem.convs[5]._forward_hooks
 
 
 def test_method_auto_means_refined_for_a_conv_stem_and_gradcam_otherwise():

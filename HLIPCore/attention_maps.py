@@ -48,12 +48,12 @@ def refine_layer(stem):
     the token size per axis in the demo model). When the first stage holds stride-1 convolutions after its
     patchify layer, this is the last of them, whose cells have seen their neighbours: a lone 2 x 4 x 4 patchify
     cell cannot tell an enhancing ring from scalp fat (README, "Training and the demo model")."""
-    layers, first_conv_seen = list(stem.convs), False
-    for i, module in enumerate(layers):
+    chosen, past_first_conv = None, False
+    for module in stem.convs:
         if isinstance(module, torch.nn.Conv3d):
-            if first_conv_seen and tuple(module.stride) != (1, 1, 1):
-                break
-            first_conv_seen = True
+            if past_first_conv and tuple(module.stride) != (1, 1, 1):
+                break  # the grid coarsens from here on
+            past_first_conv = True
         elif isinstance(module, torch.nn.ReLU):
             chosen = module
     return chosen

@@ -43,32 +43,32 @@ def resolve_method(model, method: str) -> str:
     return method
 
 
-def refine_layer(stem):
-    """The last activation (ReLU) of the stem's first stage, before any further striding: the finest grid (1/4 of
-    the token size per axis in the demo model). When the first stage holds stride-1 convolutions after its
-    patchify layer, this is the last of them, whose cells have seen their neighbours: a lone 2 x 4 x 4 patchify
-    cell cannot tell an enhancing ring from scalp fat (README, "Training and the demo model")."""
-    chosen, past_first_conv = None, False
+def _finest_stage_output(stem):
+    """(module, channels, stride in input voxels) of the last activation (ReLU) of the stem's first stage, before
+    any further striding. When the first stage holds stride-1 convolutions after its patchify layer, this is the
+    last of them, whose cells have seen their neighbours: a lone 2 x 4 x 4 patchify cell cannot tell an enhancing
+    ring from scalp fat (README, "Training and the demo model")."""
+    chosen, channels, stride = None, None, (1, 1, 1)
     for module in stem.convs:
         if isinstance(module, torch.nn.Conv3d):
-            if past_first_conv and tuple(module.stride) != (1, 1, 1):
+            if channels is not None and tuple(module.stride) != (1, 1, 1):
                 break  # the grid coarsens from here on
-            past_first_conv = True
+            channels, stride = module.out_channels, tuple(a * b for a, b in zip(stride, module.stride))
         elif isinstance(module, torch.nn.ReLU):
-            chosen = module
+            chosen = (module, channels, stride)
     return chosen
+
+
+def refine_layer(stem):
+    """The layer whose activations the refined map reads: the finest grid (1/4 of the token size per axis in the
+    demo model), see `_finest_stage_output`."""
+    return _finest_stage_output(stem)[0]
 
 
 def refine_geometry(stem) -> Tuple[int, Tuple[int, int, int]]:
     """(channels, stride in input voxels) of `refine_layer(stem)`'s output: its cells, which the stem loss of
     training labels."""
-    target, channels, stride = refine_layer(stem), None, [1, 1, 1]
-    for module in stem.convs:
-        if isinstance(module, torch.nn.Conv3d):
-            channels, stride = module.out_channels, [a * b for a, b in zip(stride, module.stride)]
-        if module is target:
-            return channels, tuple(stride)
-    raise ValueError("the refine layer is not one of the stem's layers")
+    return _finest_stage_output(stem)[1:]
 
 
 def explained_block(trunk) -> int:

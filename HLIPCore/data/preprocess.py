@@ -55,6 +55,12 @@ class PreprocessConfig:
         if self.mode not in ("auto", "mri", "ct"):
             raise ValueError(f"mode must be 'auto', 'mri' or 'ct', not {self.mode!r}")
         self.img_size = tuple(int(n) for n in self.img_size)
+        # tuples of floats whether the values came from the defaults or from a JSON config's lists: the study
+        # cache's key is this config's repr, and an exported model must find the cache its training made
+        self.percentiles = _floats(self.percentiles, 2, "percentiles")
+        self.ct_window = _floats(self.ct_window, 2, "ct_window")
+        self.ct_spacing = _floats(self.ct_spacing, 3, "ct_spacing")
+        self.mean, self.std = float(self.mean), float(self.std)
         if len(self.img_size) != 3:
             raise ValueError(f"img_size must be (D, H, W), not {self.img_size}")
         if self.resize_hw is None:
@@ -94,6 +100,13 @@ class PreparedStudy:
     tensor: torch.Tensor          # [N, 1, D, H, W] float32
     scans: List[Scan] = field(default_factory=list)
     records: List[TransformRecord] = field(default_factory=list)
+
+
+def _floats(values, n: int, name: str) -> tuple:
+    values = tuple(float(v) for v in values)
+    if len(values) != n:
+        raise ValueError(f"{name} must be {n} numbers, not {values}")
+    return values
 
 
 def model_preprocess_config(preprocess: dict, model_cfg: dict, num_slices: Optional[int] = None,

@@ -234,3 +234,23 @@ def test_model_preprocess_config_is_the_models_own_grid_and_names_its_source():
     assert cfg.img_size == (32, 128, 128) and cfg.mri_spacing == (5.0, 1.6, 1.6) and cfg.tensor_shape[0] == 40
     with pytest.raises(ConfigError, match=r"^training config: 'preprocess': .*mri_spacing"):
         model_preprocess_config({"mri_spacing": [5, 0]}, model_cfg, source="training config: 'preprocess'")
+
+
+def test_a_config_read_back_from_json_is_the_same_config_and_finds_the_same_cache(tmp_path):
+    """An exported model's config.json holds lists where the defaults are tuples; fine-tuning it on the data its
+    training prepared must reuse that study cache, not prepare every study again."""
+    import json
+    from HLIPCore.data import model_preprocess_config
+    from HLIPCore.training.dataset import ManifestEntry, StudyCache
+    model_cfg = {"vision_cfg": {"img_size": [32, 128, 128]}}
+    named = model_preprocess_config({"mode": "mri", "mri_spacing": (5.0, 1.6, 1.6)}, model_cfg)
+    exported = json.loads(json.dumps(vars(named)))          # what final/config.json holds: lists, ints
+    exported["ct_window"] = [-1150, 350]
+    read_back = model_preprocess_config(exported, model_cfg)
+    assert read_back == named and repr(read_back) == repr(named)
+    study = tmp_path / "s.nii.gz"
+    study.write_bytes(b"x")
+    entry = ManifestEntry(study=[study], report="r")
+    assert StudyCache(tmp_path, read_back).key(entry) == StudyCache(tmp_path, named).key(entry)
+    with pytest.raises(ValueError, match="ct_window"):
+        PreprocessConfig(ct_window=(1.0, 2.0, 3.0))

@@ -68,6 +68,8 @@ class TrainConfig:
     #   maps read (10 x 6.4 x 6.4 mm in the demo) classified as lesion core or not, oedema counting as not: the
     #   token says which 40 mm block holds the lesion, this teaches the finer layer where in it the core is
     stem_loss_core_threshold: float = 0.25         #   a cell is core when this fraction of it is lesion core
+    stem_loss_per_scan: bool = False              #   average the core cells per scan first, so a small metastasis
+    #   weighs as much as a large meningioma (pooled, the large lesions' cells outnumber it a hundredfold)
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = False
@@ -110,6 +112,9 @@ class TrainConfig:
                     "study_loss_weight", "attention_loss_weight", "stem_loss_weight"):
             if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
                 bad(key, f"must be a non-negative number, got {getattr(self, key)!r}")
+        for f in dataclasses.fields(self):
+            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
+                bad(f.name, f"must be true or false, got {getattr(self, f.name)!r}")
         if not (isinstance(self.patch_dropout, (int, float)) and 0 <= self.patch_dropout < 1):
             bad("patch_dropout", f"must be in [0, 1), got {self.patch_dropout!r}")
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()

@@ -458,7 +458,8 @@ class Trainer:
                 terms.append(("attention_loss", cfg.attention_loss_weight,
                               attention_target_loss(out["class_attention"], tokens, normal, core)))
             if cfg.stem_loss_weight:
-                terms.append(("stem_loss", cfg.stem_loss_weight, cell_core_loss(out["cell_logits"], targets[3])))
+                terms.append(("stem_loss", cfg.stem_loss_weight, cell_core_loss(out["cell_logits"], targets[3],
+                                                                                   cfg.stem_loss_per_scan)))
             for name, weight, value in terms:
                 aux[name].append(float(value.detach()) * share)
                 total = total + weight * value * share

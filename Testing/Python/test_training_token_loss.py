@@ -255,6 +255,30 @@ def test_stem_loss_averages_core_and_other_cells_separately():
     assert cell_core_loss(logits, torch.full_like(targets, -1)).item() == 0.0
 
 
+def test_stem_loss_per_scan_weighs_a_small_lesion_as_much_as_a_large_one():
+    from HLIPCore.losses import cell_core_loss
+    logits = torch.randn(2, 1, 10)
+    targets = torch.zeros(2, 1, 10, dtype=torch.long)
+    targets[0, 0, :8] = 1           # a large lesion: 8 core cells
+    targets[1, 0, 0] = 1            # a small one: 1 cell
+    targets[1, 0, 9] = -1
+    bce = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).float(), reduction="none")
+    per_scan = (bce[0, 0, :8].mean() + bce[1, 0, 0]) / 2
+    expected = (per_scan + bce[targets == 0].mean()) / 2
+    torch.testing.assert_close(cell_core_loss(logits, targets, per_scan=True), expected)
+    pooled = (bce[targets == 1].mean() + bce[targets == 0].mean()) / 2
+    torch.testing.assert_close(cell_core_loss(logits, targets), pooled)
+    assert not torch.isclose(expected, pooled)
+    assert cell_core_loss(logits, torch.full_like(targets, -1), per_scan=True).item() == 0.0
+
+
+def test_a_yes_no_setting_must_be_a_boolean():
+    from HLIPCore.errors import ConfigError
+    from HLIPCore.training.config import TrainConfig
+    with pytest.raises(ConfigError, match="'stem_loss_per_scan': must be true or false, got 'yes'"):
+        TrainConfig(train_manifest="m.jsonl", stem_loss_per_scan="yes")
+
+
 def test_stem_cells_refine_the_token_targets_and_the_stem_loss_trains(data, tmp_path):
     """Cell targets are the same mask at the stem layer's stride (averaged back over a token they give the
     token's fraction); cells with a little core get no target; the stem head learns them and is not exported."""

@@ -13,14 +13,23 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    import json
     from pathlib import Path
 
     from ..model.checkpoint import convert_checkpoint
+    from ..model.factory import get_model_config
     from ..model.resolve import _config_for_file
 
     ckpt = Path(args.checkpoint)
-    config = args.config if ckpt.is_dir() else _config_for_file(ckpt, args.config)
-    out = convert_checkpoint(ckpt, config, args.out, tokenizer=args.tokenizer, model_id=args.model_id,
-                             half=args.fp16)
-    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}" + (" and tokenizer files" if args.tokenizer else ""))
+    tokenizer, model_id = args.tokenizer, args.model_id
+    if ckpt.is_dir():  # a model folder (e.g. training's final/): its own config, tokenizer and id come along
+        config = get_model_config(args.config or ckpt)
+        if tokenizer is None and (ckpt / "tokenizer_config.json").is_file():
+            tokenizer = str(ckpt)
+        if model_id is None and (ckpt / "config.json").is_file():
+            model_id = json.loads((ckpt / "config.json").read_text()).get("model_id")
+    else:
+        config = _config_for_file(ckpt, args.config)
+    out = convert_checkpoint(ckpt, config, args.out, tokenizer=tokenizer, model_id=model_id, half=args.fp16)
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}" + (" and tokenizer files" if tokenizer else ""))
     return 0

@@ -137,6 +137,14 @@ def test_hlip_convert_cli_in_a_child_process(tmp_path, tiny_model, tokenizer_dir
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "model.safetensors" in done.stdout  # config guessed: the only registry config these weights fit
+    # a model folder (what training exports) converts as it is: its config, tokenizer and id come along
+    done = subprocess.run(cmd[:4] + [str(tmp_path / "m"), "--out", str(tmp_path / "half"), "--fp16"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "half" / "tokenizer_config.json").is_file()
+    before, after = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("m", "half"))
+    assert after["model_cfg"] == before["model_cfg"] and after["model_id"] == before["model_id"]
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < (tmp_path / "m" / "model.safetensors").stat().st_size
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     done = subprocess.run(cmd[:4] + [str(broken), "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True)

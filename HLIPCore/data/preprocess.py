@@ -55,20 +55,20 @@ class PreprocessConfig:
         if self.mode not in ("auto", "mri", "ct"):
             raise ValueError(f"mode must be 'auto', 'mri' or 'ct', not {self.mode!r}")
         self.img_size = tuple(int(n) for n in self.img_size)
+        if len(self.img_size) != 3:
+            raise ValueError(f"img_size must be (D, H, W), not {self.img_size}")
         # tuples of floats whether the values came from the defaults or from a JSON config's lists: the study
         # cache's key is this config's repr, and an exported model must find the cache its training made
         self.percentiles = _floats(self.percentiles, 2, "percentiles")
         self.ct_window = _floats(self.ct_window, 2, "ct_window")
         self.ct_spacing = _floats(self.ct_spacing, 3, "ct_spacing")
         self.mean, self.std = float(self.mean), float(self.std)
-        if len(self.img_size) != 3:
-            raise ValueError(f"img_size must be (D, H, W), not {self.img_size}")
         if self.resize_hw is None:
             self.resize_hw = round(max(self.img_size[1:]) * 256 / 224)
         self.resize_hw = int(self.resize_hw)
         if self.mri_spacing is not None:
-            self.mri_spacing = tuple(float(v) for v in self.mri_spacing)
-            if len(self.mri_spacing) != 3 or min(self.mri_spacing) <= 0:
+            self.mri_spacing = _floats(self.mri_spacing, 3, "mri_spacing")
+            if min(self.mri_spacing) <= 0:
                 raise ValueError(f"mri_spacing must be three positive (D, H, W) mm values, not {self.mri_spacing}")
         if self.resize_hw < max(self.img_size[1:]):
             raise ValueError(f"resize_hw {self.resize_hw} is smaller than the crop {self.img_size[1:]}")

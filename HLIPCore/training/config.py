@@ -41,6 +41,8 @@ class TrainConfig:
     intensity_scale: float = 0.1                   # per-scan x * (1 + U(-s, s)) + U(-t, t) in normalised units
     intensity_shift: float = 0.1
     report_text: str = "full"                      # full | impression_first | sections (see report_text.py)
+    text_word_dropout: float = 0.0                 # each word of a training text deleted with this probability
+    #   (report_text.drop_words): a from-scratch text tower then reads single words, as zero-shot prompts are
     workers: int = 0
     # optimisation
     epochs: Optional[int] = None                   # give epochs or steps (steps wins)
@@ -115,6 +117,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
                 bad(f.name, f"must be true or false, got {getattr(self, f.name)!r}")
+        if not (isinstance(self.text_word_dropout, (int, float)) and 0 <= self.text_word_dropout < 1):
+            bad("text_word_dropout", f"must be in [0, 1), got {self.text_word_dropout!r}")
         if not (isinstance(self.patch_dropout, (int, float)) and 0 <= self.patch_dropout < 1):
             bad("patch_dropout", f"must be in [0, 1), got {self.patch_dropout!r}")
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()

@@ -36,7 +36,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..errors import InputError
-from .report_text import report_text
+from .report_text import drop_words, report_text
 
 log = logging.getLogger("HLIPCore.training")
 CACHE_FORMAT = 2   # 2: token targets hold the abnormal and the lesion-core fraction
@@ -246,10 +246,12 @@ class TrainDataset(torch.utils.data.Dataset):
     """Items are addressed by (study index, scans to take, epoch) so that a sampler can fix k per global batch."""
 
     def __init__(self, entries: List[ManifestEntry], cache: StudyCache, seed: int = 0, augment: bool = True,
-                 intensity_scale: float = 0.1, intensity_shift: float = 0.1, report_mode: str = "full"):
+                 intensity_scale: float = 0.1, intensity_shift: float = 0.1, report_mode: str = "full",
+                 word_dropout: float = 0.0):
         self.entries, self.cache, self.seed = entries, cache, seed
         self.augment, self.scale, self.shift = augment, intensity_scale, intensity_shift
         self.report_mode = report_mode
+        self.word_dropout = float(word_dropout)
         self.token_classes: Optional[List[str]] = None   # set by enable_token_targets
         self.cell_shape: Optional[Tuple[int, int, int]] = None  # set by enable_cell_targets
 
@@ -295,6 +297,8 @@ class TrainDataset(torch.utils.data.Dataset):
         else:
             scans, order = augment_study(scans, k, gen, shuffle=False, return_order=True)
         text = report_text(self.entries[index].report, self.report_mode, gen)
+        if self.word_dropout:
+            text = drop_words(text, self.word_dropout, gen)
         if self.token_classes is None:
             return scans, text
         label = self.entries[index].label

@@ -7,6 +7,11 @@ tower reads at most `context_length` tokens: with the full report the impression
   impression_first   IMPRESSION, then FINDINGS; other sections dropped
   sections           per sample, one of: IMPRESSION, FINDINGS, IMPRESSION + FINDINGS (text augmentation)
 A report without recognisable sections is used as written.
+
+`drop_words` is a second, independent text augmentation (random deletion): a text tower trained from scratch on a
+few thousand reports learns whole-report patterns ("bilateral ring-enhancing lesions" -> metastasis) and then
+misplaces a one-word zero-shot prompt ("Metastasis") that no report says alone. Deleting words at random makes
+every informative word carry the finding on its own.
 """
 import re
 from typing import Dict, Optional
@@ -45,3 +50,14 @@ def report_text(report: str, mode: str = "full", gen: Optional[torch.Generator] 
     choices = views + ([both] if len(views) == 2 else [])
     pick = int(torch.randint(len(choices), (1,), generator=gen)) if gen is not None else len(choices) - 1
     return choices[pick]
+
+
+def drop_words(text: str, p: float, gen: Optional[torch.Generator] = None) -> str:
+    """`text` with each whitespace-separated word deleted with probability `p` (at least one word is kept)."""
+    words = text.split()
+    if p <= 0 or len(words) < 2:
+        return text
+    keep = torch.rand(len(words), generator=gen) >= p
+    if not keep.any():
+        keep[int(torch.randint(len(words), (1,), generator=gen))] = True
+    return " ".join(w for w, k in zip(words, keep.tolist()) if k)

@@ -155,7 +155,8 @@ def test_loss_decreases_and_final_model_loads(data, tmp_path):
 
 
 def test_resume_is_bit_exact(data, tmp_path):
-    changes = dict(batch_size=1, accum_steps=2, patch_dropout=0.25, steps=6)  # augmentation + dropouts on
+    changes = dict(batch_size=1, accum_steps=2, patch_dropout=0.25, steps=6,  # augmentation + dropouts on
+                   text_word_dropout=0.3)
     whole, whole_losses = _run(_config(data, tmp_path / "whole", **changes))
     first = Trainer(_config(data, tmp_path / "split", **changes), progress=False)
     part = [r["loss"] for r in first.train(stop_after=3)]
@@ -320,3 +321,26 @@ def test_report_text_modes_keep_the_impression():
     assert seen == {"Left frontal glioma.", "A mass in the left frontal lobe.",
                     "Left frontal glioma. A mass in the left frontal lobe."}
     assert report_text("no sections here", "sections", gen) == "no sections here"
+
+
+def test_word_dropout_deletes_words_reproducibly(data, tmp_path):
+    from HLIPCore.errors import ConfigError
+    from HLIPCore.training.report_text import drop_words
+    words = [f"w{i}" for i in range(400)]
+    gen = torch.Generator().manual_seed(0)
+    kept = drop_words(" ".join(words), 0.4, gen).split()
+    assert kept == [w for w in words if w in set(kept)]          # order kept, nothing added
+    assert 0.5 < len(kept) / len(words) < 0.7                     # ~60 % survive
+    assert all(len(drop_words("a b", 0.99, gen).split()) == 1 for _ in range(20))  # never an empty text
+    assert drop_words("Glioma.", 0.9, gen) == "Glioma."
+    with pytest.raises(ConfigError, match="'text_word_dropout'"):
+        TrainConfig(text_word_dropout=1.0)
+    # the training items: reproducible per (study, epoch), shorter than the report, different across epochs
+    trainer = Trainer(_config(data, tmp_path / "run", text_word_dropout=0.5), progress=False)
+    ds = trainer.dataset
+    index = next(i for i, e in enumerate(ds.entries) if e.label == "glioma")
+    texts = [ds[(index, 2, epoch)][1] for epoch in range(12)]
+    assert texts == [ds[(index, 2, epoch)][1] for epoch in range(12)]
+    report = REPORTS["glioma"].split()
+    assert all(set(t.split()) <= set(report) and 0 < len(t.split()) for t in texts)
+    assert len(set(texts)) > 3 and any(len(t.split()) < len(report) for t in texts)

@@ -5,6 +5,8 @@ into a sentence. The format is documented in `Resources/prompts/README.md`; the 
 
 - `multiclass` task: one score per class, softmax over the task's classes.
 - `multilabel` task: per class a [negative, positive] pair; score = softmax over the pair -> P(positive).
+- A multiclass task may name a `reference` class (e.g. "Normal"): scores are unchanged, but the attention map of
+  each other class explains its log-odds against the reference ("this finding rather than a normal study").
 
 Every text the text tower sees is `template.replace("{}", prompt)`. Templates come from the class if it has its
 own, else from the task, else from the set. Expansion order (stable, relied on by caches): for each prompt in
@@ -34,7 +36,7 @@ FORMAT_VERSION = 1  # bumps invalidate fingerprints (text-embedding caches)
 
 # Keys allowed at each level, in the order `to_dict` writes them.
 SET_KEYS = ("name", "title", "description", "modality", "templates", "tasks")
-TASK_KEYS = ("name", "kind", "templates", "classes")
+TASK_KEYS = ("name", "kind", "reference", "templates", "classes")
 CLASS_KEYS = ("name", "prompts", "negative_prompts", "templates", "symptoms")
 
 # Likely typos that difflib alone would not map well.
@@ -78,6 +80,7 @@ class Task:
     kind: str  # "multiclass" | "multilabel"
     classes: List[ClassPrompts]
     templates: Optional[List[str]] = None  # task-level override of the set's templates
+    reference: Optional[str] = None  # multiclass: the class the other classes' maps are explained against
 
     def effective_templates(self, set_templates: Sequence[str]) -> List[str]:
         return list(self.templates) if self.templates is not None else list(set_templates)
@@ -119,6 +122,7 @@ class PromptSet:
                 name=t["name"],
                 kind=t["kind"],
                 templates=list(t["templates"]) if "templates" in t else None,
+                reference=t.get("reference"),
                 classes=[ClassPrompts(
                     name=c["name"],
                     prompts=list(c["prompts"]),
@@ -143,6 +147,8 @@ class PromptSet:
         tasks = []
         for t in self.tasks:
             td: Dict[str, Any] = {"name": t.name, "kind": t.kind}
+            if t.reference is not None:
+                td["reference"] = t.reference
             if t.templates is not None:
                 td["templates"] = list(t.templates)
             classes = []
@@ -412,6 +418,17 @@ def validate(d: Any) -> List[ValidationIssue]:
         if untemplated:
             ck.add(f"{tp}.templates", "no template: give 'templates' in the task, at the set level, "
                                       "or in every class")
+        if "reference" in t:
+            ref = t["reference"]
+            if kind == "multilabel":
+                ck.add(f"{tp}.reference", "only multiclass tasks take a reference class (a multilabel class's "
+                                          "negative prompts already are its reference)")
+            elif not isinstance(ref, str):
+                ck.add(f"{tp}.reference", f"must be the name of one of the task's classes, not {_type_name(ref)}")
+            elif ref not in seen_classes:
+                hint = _suggest(ref, list(seen_classes))
+                ck.add(f"{tp}.reference", f"'{ref}' is not a class of this task" +
+                       (f" (did you mean '{hint}'?)" if hint else f" (classes: {', '.join(seen_classes)})"))
     return ck.issues
 
 

@@ -93,6 +93,10 @@ class PromptTree:
     def remove(self, path: str) -> None:
         parts = parse_path(path)
         parent = self.get(format_path(parts[:-1]))
+        if parts[-2:-1] == ["classes"]:  # removing a task's reference class removes the reference too
+            task = self.get(format_path(parts[:-2]))
+            if task.get("reference") == parent[parts[-1]].get("name"):
+                del task["reference"]
         del parent[parts[-1]]
         if isinstance(parent, list) and not parent and parts[-2] in ("templates", "negative_prompts", "symptoms") \
                 and len(parts) > 2:
@@ -173,6 +177,11 @@ class PromptTree:
 
     def edit(self, path: str, kind: str, text: str) -> None:
         """An edit made in the tree: a name or a string in a list."""
+        if kind == "class":  # a renamed reference class stays the task's reference
+            parts = parse_path(path)
+            task = self.get(format_path(parts[:-2]))
+            if task.get("reference") is not None and task.get("reference") == self.get(path).get("name"):
+                task["reference"] = text
         if kind in ("set", "task", "class"):
             self.set(f"{path}.name" if path else "name", text)
         else:

@@ -101,6 +101,17 @@ def test_template_ensembling_equals_formula(tiny_model_dir, tmp_path):
     feats = torch.nn.functional.normalize(torch.randn(3, e.shape[1]), dim=-1)
     torch.testing.assert_close(clf.class_score(feats, "d", "A"), torch.log_softmax(clf.logits(feats)["d"], -1)[:, 0])
     assert clf.score_signature("d", "A") != clf.score_signature("d", "B")
+    # with a reference class the other classes' maps explain their log-odds against it; the reference's own map
+    # stays its log-probability; scores are unchanged
+    doc = ps.to_dict()
+    doc["tasks"][0]["reference"] = "B"
+    ref = build_classifier(model, tok, PromptSet.from_dict(doc), cache=tmp_path)
+    logits = ref.logits(feats)["d"]
+    torch.testing.assert_close(ref.class_score(feats, "d", "A"), logits[:, 0] - logits[:, 1])
+    torch.testing.assert_close(ref.class_score(feats, "d", "B"), torch.log_softmax(logits, -1)[:, 1])
+    assert ref.scores(feats) == clf.scores(feats)
+    assert ref.score_signature("d", "A") != clf.score_signature("d", "A")
+    assert ref.score_signature("d", "B") == clf.score_signature("d", "B")
 
 
 def test_batch_continues_past_a_corrupt_study_and_skips_finished(tiny_model_dir, study_dir, tmp_path):

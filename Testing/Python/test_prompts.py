@@ -410,6 +410,11 @@ CASES = [
      "(did you mean 'symptoms'?)"),
     (lambda d: d["tasks"][0]["classes"][0].__setitem__("colour", "red"), "tasks[0].classes[0].colour",
      "allowed: name, prompts, negative_prompts, templates, symptoms"),
+    (lambda d: d["tasks"][0].__setitem__("reference", "a"), "tasks[0].reference", "(did you mean 'A'?)"),
+    (lambda d: d["tasks"][0].__setitem__("reference", "Normal"), "tasks[0].reference",
+     "'Normal' is not a class of this task (classes: A, B)"),
+    (lambda d: d["tasks"][0].__setitem__("reference", 1), "tasks[0].reference", "must be the name of one"),
+    (lambda d: d["tasks"][1].__setitem__("reference", "Y"), "tasks[1].reference", "only multiclass tasks"),
 ]
 
 

@@ -77,6 +77,20 @@ def test_prompt_tree_edits_and_located_issues(tmp_path):
     assert tree.issues()  # ... and the multilabel class is then reported as needing one
 
 
+def test_prompt_tree_keeps_the_reference_class_valid():
+    from HLIPSlicerLib.prompt_editor import PromptTree
+    tree = PromptTree.load("pub_brain_5")
+    assert tree.get("tasks[0].reference") == "Normal"
+    tree.edit("tasks[0].classes[0]", "class", "No finding")       # renaming the reference renames it
+    assert tree.get("tasks[0].reference") == "No finding" and tree.issues() == []
+    tree.edit("tasks[0].classes[1]", "class", "Infarct")           # other classes leave it alone
+    assert tree.get("tasks[0].reference") == "No finding"
+    tree.remove("tasks[0].classes[0]")                             # removing it removes the reference
+    assert "reference" not in tree.get("tasks[0]") and tree.issues() == []
+    tree.doc["tasks"][1]["reference"] = "Normal"                   # hand-edited wrong: located on the task
+    assert any("not a class of this task" in m for m in tree.issues_by_path()["tasks[1]"])
+
+
 def test_batch_script_expands_inputs_and_fails_on_missing(tmp_path):
     script = MODULE_DIR / "Scripts" / "hlip_batch.py"
     sys.path.insert(0, str(script.parent))

@@ -24,24 +24,36 @@ def _catalog_has(model_id: str) -> bool:
     return any(entry.id == model_id for entry in load_catalog())
 
 
-def pointing_game(report: dict, out_dir, masks: list) -> bool:
-    """True when the hottest voxel of the top class's map (over all scans) lies inside that scan's lesion mask."""
+def pointing_game(report: dict, out_dir, masks: list) -> str:
+    """Where the hottest voxel of the top class's map (over all scans) lies against that scan's lesion mask:
+    'yes', or 'no (...)' saying whether it is in the oedema or how far from the lesion it is."""
     import nibabel as nib
     import numpy as np
     from pathlib import Path
+    from scipy import ndimage
     task = "disease" if "disease" in report["top"] else next(iter(report["top"]))
     cls = report["top"][task]
     best = None
     for entry in report["maps"]:
         if entry["task"] == task and entry["class"] == cls:
-            data = np.asarray(nib.load(Path(out_dir) / entry["file"]).dataobj)
+            image = nib.load(Path(out_dir) / entry["file"])
+            data = np.asarray(image.dataobj)
             if best is None or data.max() > best[0]:
-                best = (data.max(), entry["scan_index"], np.unravel_index(int(data.argmax()), data.shape))
+                best = (data.max(), entry["scan_index"], np.unravel_index(int(data.argmax()), data.shape), image)
     if best is None:
-        return False
-    _, scan_index, ijk = best
+        return "no (no map)"
+    _, scan_index, ijk, image = best
     mask = masks[scan_index]
-    return mask is not None and bool(mask[ijk[2], ijk[1], ijk[0]] == 1)  # 1 = lesion (2 = oedema)
+    if mask is None:
+        return "no (no lesion mask for that scan)"
+    value = mask[ijk[2], ijk[1], ijk[0]]  # masks are [k, j, i]; 1 = lesion, 2 = oedema
+    if value == 1:
+        return "yes"
+    if value == 2:
+        return "no (in the oedema around it)"
+    spacing = np.linalg.norm(image.affine[:3, :3], axis=0)  # i, j, k
+    mm = ndimage.distance_transform_edt(mask.transpose(2, 1, 0) != 1, sampling=spacing)[tuple(ijk)]
+    return f"no ({mm:.1f} mm from it)"
 
 
 def untrained_stand_in(folder, texts):
@@ -92,7 +104,7 @@ def run(args) -> int:
     correct = disease.lower().startswith(phantom.label[:5]) or (phantom.label == "normal" and disease == "Normal")
     print(f"5-way answer: {disease} - {'correct' if correct else 'wrong'} (truth: {phantom.label})")
     if phantom.label != "normal":
-        print(f"attention peak inside the lesion: {'yes' if pointing_game(report, out / 'result', masks) else 'no'}")
+        print(f"attention peak inside the lesion: {pointing_game(report, out / 'result', masks)}")
     print(f"report: {out / 'result' / 'report.json'}; maps: {out / 'result' / 'maps'}; "
           f"overview: {out / 'result' / 'overview.png'}  ({time.perf_counter() - start:.0f} s)")
     return 0

@@ -47,3 +47,23 @@ def test_bundled_demo_model_matches_its_catalog_entry():
     assert folder is not None and (folder / "README.md").is_file()  # the model card
     assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == entry.sha256
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 30 * 2 ** 20
+
+
+def test_demo_says_where_the_map_peak_is(tmp_path):
+    """'yes' in the lesion, 'in the oedema', else the distance in mm on the scan's own voxel spacing."""
+    from HLIPCore.cli.cmd_demo import pointing_game
+    mask = np.zeros((6, 10, 12), np.uint8)           # [k, j, i], as the phantom masks
+    mask[2:4, 4:6, 2:4] = 1                          # lesion core at i 2-3
+    mask[2:4, 4:6, 4:6] = 2                          # oedema at i 4-5
+    affine = np.diag([2.0, 1.0, 5.0, 1.0])           # i 2 mm, j 1 mm, k 5 mm
+    (tmp_path / "maps").mkdir()
+    report = {"top": {"disease": "Glioma"},
+              "maps": [{"task": "disease", "class": "Glioma", "scan_index": 0, "file": "maps/a.nii.gz"},
+                       {"task": "disease", "class": "Stroke", "scan_index": 0, "file": "maps/b.nii.gz"}]}
+    nib.save(nib.Nifti1Image(np.ones((12, 10, 6), np.float32), affine), tmp_path / "maps" / "b.nii.gz")
+    for i, expected in ((3, "yes"), (5, "no (in the oedema around it)"), (9, "no (12.0 mm from it)")):
+        data = np.zeros((12, 10, 6), np.float32)     # [i, j, k]
+        data[i, 4, 2] = 1.0
+        nib.save(nib.Nifti1Image(data, affine), tmp_path / "maps" / "a.nii.gz")
+        assert pointing_game(report, tmp_path, [mask]) == expected
+    assert pointing_game(report, tmp_path, [None]) == "no (no lesion mask for that scan)"

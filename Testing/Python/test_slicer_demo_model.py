@@ -58,12 +58,17 @@ def test_demo_model_answers_and_points_at_the_glioma(mrml_app, slicer_module, ph
         assert mrml_app.composite(view).GetForegroundVolumeID() == maps[0].GetID()
         assert mrml_app.composite(view).GetForegroundOpacity() == pytest.approx(0.5)
 
-    # the hottest voxel of all maps lies in the lesion (1) or its oedema (2) of that scan
+    # the hottest voxel of all maps lies at the lesion (1) or its oedema (2) of that scan: within 5 mm, as a map
+    # that Slicer placed wrongly (a flipped axis, a lost offset) would be centimetres away; how often a model's
+    # peak falls exactly inside is the pointing game of `hlip eval --pointing` over 160 studies, not one study
+    from scipy import ndimage
     peaks = [(slicer.util.arrayFromVolume(m).max(), n) for n, m in enumerate(maps)]
     _, best = max(peaks)
     values = slicer.util.arrayFromVolume(maps[best])
     kji = np.unravel_index(int(values.argmax()), values.shape)
-    assert masks[best][kji] > 0
+    spacing_kji = np.linalg.norm(ijk_to_ras(nodes[best])[:3, :3], axis=0)[::-1]
+    mm_to_lesion = ndimage.distance_transform_edt(masks[best] == 0, sampling=spacing_kji)[kji]
+    assert mm_to_lesion <= 5.0, f"map peak {mm_to_lesion:.1f} mm from the lesion"
 
     # rendered: in the Red view through that peak, the coloured (thresholded) pixels are mostly lesion/oedema
     source = nodes[best]

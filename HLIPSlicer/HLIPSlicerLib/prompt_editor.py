@@ -95,7 +95,8 @@ class PromptTree:
         parent = self.get(format_path(parts[:-1]))
         if parts[-2:-1] == ["classes"]:  # removing a task's reference class removes the reference too
             task = self.get(format_path(parts[:-2]))
-            if task.get("reference") == parent[parts[-1]].get("name"):
+            removed = parent[parts[-1]]
+            if isinstance(removed, dict) and task.get("reference") == removed.get("name"):
                 del task["reference"]
         del parent[parts[-1]]
         if isinstance(parent, list) and not parent and parts[-2] in ("templates", "negative_prompts", "symptoms") \
@@ -180,7 +181,9 @@ class PromptTree:
         if kind == "class":  # a renamed reference class stays the task's reference
             parts = parse_path(path)
             task = self.get(format_path(parts[:-2]))
-            if task.get("reference") is not None and task.get("reference") == self.get(path).get("name"):
+            renamed = self.get(path)
+            if task.get("reference") is not None and isinstance(renamed, dict) \
+                    and task.get("reference") == renamed.get("name"):
                 task["reference"] = text
         if kind in ("set", "task", "class"):
             self.set(f"{path}.name" if path else "name", text)

@@ -117,7 +117,7 @@ class ZeroShotClassifier:
         """Index of the task's reference class, None when it has none or `class_name` is the reference."""
         if not task.reference or task.reference == class_name:
             return None
-        return [c.name for c in task.classes].index(task.reference)
+        return task.class_names().index(task.reference)
 
 
 def text_cache_key(model_fingerprint: str, tokenizer, prompt_set) -> str:

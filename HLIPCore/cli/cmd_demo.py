@@ -30,7 +30,8 @@ def pointing_game(report: dict, out_dir, masks: list) -> str:
     import nibabel as nib
     import numpy as np
     from pathlib import Path
-    from scipy import ndimage
+
+    from ..training.pointing import label_and_distance
     task = "disease" if "disease" in report["top"] else next(iter(report["top"]))
     cls = report["top"][task]
     best = None
@@ -46,14 +47,13 @@ def pointing_game(report: dict, out_dir, masks: list) -> str:
     mask = masks[scan_index]
     if mask is None:
         return "no (no lesion mask for that scan)"
-    value = mask[ijk[2], ijk[1], ijk[0]]  # masks are [k, j, i]; 1 = lesion, 2 = oedema
-    if value == 1:
+    # the map has its scan's exact geometry; phantom masks are [k, j, i] on that scan's grid (1 lesion, 2 oedema)
+    label, mm = label_and_distance(mask.transpose(2, 1, 0), image.affine, image.affine[:3] @ np.append(ijk, 1.0))
+    if label == 1:
         return "yes"
-    if value == 2:
+    if label == 2:
         return "no (in the oedema around it)"
-    spacing = np.linalg.norm(image.affine[:3, :3], axis=0)  # i, j, k
-    mm = ndimage.distance_transform_edt(mask.transpose(2, 1, 0) != 1, sampling=spacing)[tuple(ijk)]
-    return f"no ({mm:.1f} mm from it)"
+    return f"no ({mm:.1f} mm from it)" if mm is not None else "no (no lesion in that scan's mask)"
 
 
 def untrained_stand_in(folder, texts):

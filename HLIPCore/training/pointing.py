@@ -29,14 +29,19 @@ def _look_up(mask_path, ras: np.ndarray) -> Tuple[int, Optional[float]]:
         raise InputError(f"{mask_path}: unreadable lesion mask ({type(exc).__name__}: {detail})") from None
     if data.ndim > 3:  # (x, y, z, 1), as some writers store a 3D mask: label and distance read the same grid
         data = data[..., 0]
-    ijk = np.linalg.inv(image.affine) @ np.append(ras, 1.0)
+    return label_and_distance(data, image.affine, ras)
+
+
+def label_and_distance(data: np.ndarray, affine: np.ndarray, ras: np.ndarray) -> Tuple[int, Optional[float]]:
+    """`_look_up` on a mask array [i, j, k] with its affine."""
+    ijk = np.linalg.inv(affine) @ np.append(ras, 1.0)
     index = tuple(int(round(v)) for v in ijk[:3])
     inside = all(0 <= i < n for i, n in zip(index, data.shape[:3]))
     label = int(data[index]) if inside else 0
     lesion = np.argwhere(data == 1)
     if label == 1 or not len(lesion):
         return label, (0.0 if label == 1 else None)
-    points = lesion @ image.affine[:3, :3].T + image.affine[:3, 3]
+    points = lesion @ affine[:3, :3].T + affine[:3, 3]
     return label, float(np.sqrt(((points - ras) ** 2).sum(axis=1).min()))
 
 

@@ -72,6 +72,21 @@ class HLIPModel(nn.Module):
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = False):
         self.text.lock(unlocked_layers, freeze_layer_norm)
 
+    def lock_image_tower(self):
+        """Freeze the whole image tower, BatchNorm statistics included (open_clip's `lock_image_tower` with
+        `freeze_bn_stats`): a text-only phase then moves the text side against image embeddings, and so against
+        attention maps, that stay exactly as they were. The tower stays in eval mode whatever `train()` is asked."""
+        for param in self.visual.parameters():
+            param.requires_grad_(False)
+        self.image_locked = True
+        self.visual.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "image_locked", False):
+            self.visual.eval()
+        return self
+
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
                 return_tokens: bool = False) -> dict:
         """`return_tokens`: also the trunk's patch tokens after its final norm, `image_tokens` [B, L, width]

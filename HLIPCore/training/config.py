@@ -72,6 +72,8 @@ class TrainConfig:
     stem_loss_core_threshold: float = 0.25         #   a cell is core when this fraction of it is lesion core
     stem_loss_per_scan: bool = False              #   average the core cells per scan first, so a small metastasis
     #   weighs as much as a large meningioma (pooled, the large lesions' cells outnumber it a hundredfold)
+    lock_image: bool = False                       # freeze the image tower and its BatchNorm statistics: a
+    #   text-only phase on a trained model (init_checkpoint), its image embeddings and maps unchanged
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = False
@@ -144,6 +146,12 @@ class TrainConfig:
             bad("model_overrides", "must be a mapping merged into the model config")
         if not isinstance(self.preprocess, dict):
             bad("preprocess", "must be a mapping of PreprocessConfig fields")
+        if self.lock_image:
+            idle = [k for k in ("token_loss_weight", "study_loss_weight", "attention_loss_weight",
+                                "stem_loss_weight", "patch_dropout") if getattr(self, k)]
+            if idle:
+                bad("lock_image", f"the image tower is frozen (and kept in eval mode), so {', '.join(idle)} would "
+                                  "have no effect; set them to 0")
         from ..data import PreprocessConfig
         fields = {f.name for f in dataclasses.fields(PreprocessConfig)}
         for key in self.preprocess:

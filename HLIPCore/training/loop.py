@@ -245,6 +245,8 @@ class Trainer:
         model = create_model(self.mcfg, init_weights).train()
         if model.logit_bias is not None and not cfg.siglip:
             model.logit_bias.requires_grad_(False)  # unused by the CLIP loss; DDP rejects unused parameters
+        if cfg.lock_image:
+            model.lock_image_tower()
         if cfg.lock_text:
             model.lock_text_tower(cfg.lock_text_unlocked_layers, cfg.lock_text_freeze_layer_norm)
         if cfg.grad_checkpointing:

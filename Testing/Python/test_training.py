@@ -344,3 +344,29 @@ def test_word_dropout_deletes_words_reproducibly(data, tmp_path):
     report = REPORTS["glioma"].split()
     assert all(set(t.split()) <= set(report) and 0 < len(t.split()) for t in texts)
     assert len(set(texts)) > 3 and any(len(t.split()) < len(report) for t in texts)
+
+
+def test_lock_image_trains_the_text_side_only_and_keeps_batchnorm_statistics(data, tmp_path):
+    """A text-only phase on a trained model: the image tower (a BatchNorm conv stem here) and so its embeddings and
+    attention maps stay bit-identical; the text tower learns."""
+    from HLIPCore.errors import ConfigError
+    from HLIPCore.model.factory import get_model_config
+    from safetensors.torch import load_file
+    mcfg = json.loads(json.dumps(get_model_config("tiny_multiscan_h3")))
+    mcfg["vision_cfg"]["stem"] = {"layers": [[8, [2, 4, 4], [2, 4, 4]], [16, 2, 3], [16, 2, 3]], "norm": "batch"}
+    first, _ = _run(_config(data, tmp_path / "first", model=mcfg, steps=2, model_overrides=LEARNABLE_TEXT))
+    trained = tmp_path / "first" / "final"
+    locked, losses = _run(_config(data, tmp_path / "locked", model=str(trained), tokenizer=str(trained), steps=4,
+                                  lock_image=True))
+    before = load_file(trained / "model.safetensors")
+    after = load_file(tmp_path / "locked" / "final" / "model.safetensors")
+    visual = [k for k in before if k.startswith("visual.")]
+    assert any("running_mean" in k for k in visual)               # BatchNorm statistics are among them
+    assert all(torch.equal(before[k], after[k]) for k in visual)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
+    assert all(np.isfinite(losses))
+    locked.model.train()
+    assert not locked.model.visual.training and locked.model.text.training
+    for key in ("stem_loss_weight", "patch_dropout"):
+        with pytest.raises(ConfigError, match=f"'lock_image': .*{key}"):
+            TrainConfig(train_manifest="m.jsonl", lock_image=True, **{key: 0.5})

@@ -43,6 +43,8 @@ class TrainConfig:
     report_text: str = "full"                      # full | impression_first | sections (see report_text.py)
     text_word_dropout: float = 0.0                 # each word of a training text deleted with this probability
     #   (report_text.drop_words): a from-scratch text tower then reads single words, as zero-shot prompts are
+    scan_dropout: float = 0.0                      # each scan of a training study left out with this probability
+    #   (at least one stays): the model cannot lean on one sequence, and uncurated studies lack sequences too
     workers: int = 0
     # optimisation
     epochs: Optional[int] = None                   # give epochs or steps (steps wins)
@@ -121,6 +123,8 @@ class TrainConfig:
                 bad(f.name, f"must be true or false, got {getattr(self, f.name)!r}")
         if not (isinstance(self.text_word_dropout, (int, float)) and 0 <= self.text_word_dropout < 1):
             bad("text_word_dropout", f"must be in [0, 1), got {self.text_word_dropout!r}")
+        if not (isinstance(self.scan_dropout, (int, float)) and 0 <= self.scan_dropout < 1):
+            bad("scan_dropout", f"must be in [0, 1), got {self.scan_dropout!r}")
         if not (isinstance(self.patch_dropout, (int, float)) and 0 <= self.patch_dropout < 1):
             bad("patch_dropout", f"must be in [0, 1), got {self.patch_dropout!r}")
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()

@@ -221,13 +221,22 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 def augment_study(scans: torch.Tensor, k: int, gen: torch.Generator, scale: float = 0.0, shift: float = 0.0,
-                  shuffle: bool = True, return_order: bool = False):
+                  shuffle: bool = True, return_order: bool = False, drop: float = 0.0):
     """k scans of a [N, 1, D, H, W] study in random order (all N plus random repeats when N < k), each with a
-    random intensity scale/shift (and the scan indices taken, with `return_order`)."""
+    random intensity scale/shift (and the scan indices taken, with `return_order`). `drop`: each scan is left out
+    with this probability first (at least one stays), as if the study had been acquired without that sequence."""
     n = scans.shape[0]
-    order = torch.randperm(n, generator=gen)[:k] if shuffle else torch.arange(min(k, n))
-    if n < k:  # pad by repetition: every scan is seen, the batch keeps one scan count
-        extra = torch.randint(n, (k - n,), generator=gen)
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    if drop:
+        keep = torch.rand(n, generator=gen) >= drop
+        keep[0] |= not bool(keep.any())
+        order = order[keep]
+    m = order.numel()
+    order = order[:k]
+    if m < k:  # pad by repetition: every kept scan is seen, the batch keeps one scan count
+        # without drop, `order` holds every scan and the repeats index the scans directly (the draws of the runs
+        # made before `drop` existed, so their recipes still reproduce)
+        extra = order[torch.randint(m, (k - m,), generator=gen)] if drop else torch.randint(n, (k - n,), generator=gen)
         order = torch.cat([order, extra])[torch.randperm(k, generator=gen)] if shuffle else torch.cat([order, extra])
     out = scans[order]
     if scale or shift:
@@ -247,8 +256,9 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __init__(self, entries: List[ManifestEntry], cache: StudyCache, seed: int = 0, augment: bool = True,
                  intensity_scale: float = 0.1, intensity_shift: float = 0.1, report_mode: str = "full",
-                 word_dropout: float = 0.0):
+                 word_dropout: float = 0.0, scan_dropout: float = 0.0):
         self.entries, self.cache, self.seed = entries, cache, seed
+        self.scan_dropout = float(scan_dropout)
         self.augment, self.scale, self.shift = augment, intensity_scale, intensity_shift
         self.report_mode = report_mode
         self.word_dropout = float(word_dropout)
@@ -293,7 +303,8 @@ class TrainDataset(torch.utils.data.Dataset):
         gen = sample_generator(self.seed, epoch, index)
         scans = self.cache.load(self.entries[index])
         if self.augment:
-            scans, order = augment_study(scans, k, gen, self.scale, self.shift, return_order=True)
+            scans, order = augment_study(scans, k, gen, self.scale, self.shift, return_order=True,
+                                          drop=self.scan_dropout)
         else:
             scans, order = augment_study(scans, k, gen, shuffle=False, return_order=True)
         text = report_text(self.entries[index].report, self.report_mode, gen)

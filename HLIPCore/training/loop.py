@@ -281,7 +281,7 @@ class Trainer:
                     self.optimizer.add_param_group(group)
         self.loss_fn = create_loss(cfg.siglip)
         self.dataset = TrainDataset(self.entries, self.cache, cfg.seed, cfg.augment, cfg.intensity_scale,
-                                    cfg.intensity_shift, cfg.report_text, cfg.text_word_dropout)
+                                    cfg.intensity_shift, cfg.report_text, cfg.text_word_dropout, cfg.scan_dropout)
         if self.token_classes is not None:
             self.dataset.enable_token_targets(self.token_classes, cfg.token_normal_class,
                                               self.model.visual.trunk.patch_embed.grid_size,

@@ -370,3 +370,34 @@ def test_lock_image_trains_the_text_side_only_and_keeps_batchnorm_statistics(dat
     for key in ("stem_loss_weight", "patch_dropout"):
         with pytest.raises(ConfigError, match=f"'lock_image': .*{key}"):
             TrainConfig(train_manifest="m.jsonl", lock_image=True, **{key: 0.5})
+
+
+def test_scan_dropout_leaves_out_whole_scans_and_keeps_one(data, tmp_path):
+    from HLIPCore.errors import ConfigError
+    from HLIPCore.training.dataset import augment_study
+    study = torch.arange(4.0).view(4, 1, 1, 1, 1)   # scan i holds the value i
+    gen = torch.Generator().manual_seed(0)
+    distinct = []
+    for _ in range(400):
+        out, order = augment_study(study, 6, gen, return_order=True, drop=0.5)
+        assert out.shape[0] == 6 and torch.equal(out.flatten(), order.float())
+        distinct.append(len(set(order.tolist())))
+    # P(k distinct of 4 at p = 0.5): 1 -> 5/16 (all dropped keeps one), 2 -> 6/16, 3 -> 4/16, 4 -> 1/16
+    counts = np.bincount(distinct, minlength=5)[1:] / len(distinct)
+    assert np.allclose(counts, [5 / 16, 6 / 16, 4 / 16, 1 / 16], atol=0.07)
+    # without it, the draws are those of a run made before the option existed: every scan, in a random order
+    plain = [augment_study(study, 6, torch.Generator().manual_seed(s), return_order=True)[1] for s in range(5)]
+    assert all(set(o.tolist()) == {0, 1, 2, 3} for o in plain)
+    assert all(torch.equal(o, augment_study(study, 6, torch.Generator().manual_seed(s), return_order=True,
+                                            drop=0.0)[1]) for s, o in enumerate(plain))
+    with pytest.raises(ConfigError, match="'scan_dropout'"):
+        TrainConfig(scan_dropout=1.0)
+    # through the training items: a 3-scan study is sometimes seen through 1 or 2 of its scans, never without any
+    for drop, expected in ((0.5, {1, 2}), (0.0, {3})):
+        ds = Trainer(_config(data, tmp_path / f"run{drop}", scan_dropout=drop, intensity_scale=0.0,
+                             intensity_shift=0.0), progress=False).dataset
+        index = next(i for i in range(len(ds)) if ds.num_scans(i) == 3)
+        cached = ds.cache.load(ds.entries[index])
+        seen = {len({next(j for j in range(3) if torch.equal(scan, cached[j])) for scan in ds[(index, 3, epoch)][0]})
+                for epoch in range(30)}
+        assert expected <= seen if drop else seen == expected

@@ -232,6 +232,10 @@ class Trainer:
             if getattr(cfg, key) and not any(e.label for e in self.entries):
                 raise ConfigError(f"training config: '{key}': {cfg.train_manifest} has no 'label's")
         self.mcfg, init_weights = model_config(cfg)
+        if cfg.tokenizer == "build" and init_weights:  # a new vocabulary would scramble the trained word embeddings
+            raise ConfigError(f"training config: 'tokenizer': 'build' makes a new vocabulary, but the text tower "
+                              f"starts from the trained weights {init_weights}; give the tokenizer those weights "
+                              "were trained with (a model folder holds it)")
         self.preprocess = model_preprocess_config({**self.mcfg.get("preprocess", {}), **cfg.preprocess}, self.mcfg,
                                                   source="training config: 'preprocess'")
         self.mcfg["preprocess"] = {k: list(v) if isinstance(v, tuple) else v

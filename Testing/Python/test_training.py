@@ -356,6 +356,8 @@ def test_lock_image_trains_the_text_side_only_and_keeps_batchnorm_statistics(dat
     mcfg["vision_cfg"]["stem"] = {"layers": [[8, [2, 4, 4], [2, 4, 4]], [16, 2, 3], [16, 2, 3]], "norm": "batch"}
     first, _ = _run(_config(data, tmp_path / "first", model=mcfg, steps=2, model_overrides=LEARNABLE_TEXT))
     trained = tmp_path / "first" / "final"
+    with pytest.raises(ConfigError, match="'tokenizer': 'build' makes a new vocabulary"):
+        Trainer(_config(data, tmp_path / "rebuilt", model=str(trained), lock_image=True), progress=False)
     locked, losses = _run(_config(data, tmp_path / "locked", model=str(trained), tokenizer=str(trained), steps=4,
                                   lock_image=True))
     before = load_file(trained / "model.safetensors")

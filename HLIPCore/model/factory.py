@@ -28,6 +28,8 @@ def get_model_config(name_or_path: Union[str, Path]) -> dict:
     if path.is_dir():
         path = path / "config.json"
     elif not path.suffix == ".json":
+        if len(path.parts) > 1:  # written as a path, not a registry name
+            raise ConfigError(f"{name_or_path}: model folder not found")
         path = CONFIG_DIR / f"{name_or_path}.json"
         if not path.is_file():
             raise ConfigError(f"unknown model config '{name_or_path}'; known: {', '.join(list_configs())}")

@@ -155,7 +155,7 @@ class TrainConfig:
                                 "stem_loss_weight", "patch_dropout") if getattr(self, k)]
             if idle:
                 bad("lock_image", f"the image tower is frozen (and kept in eval mode), so {', '.join(idle)} would "
-                                  "have no effect; set them to 0")
+                                  f"have no effect; set {'it' if len(idle) == 1 else 'them'} to 0")
         from ..data import PreprocessConfig
         fields = {f.name for f in dataclasses.fields(PreprocessConfig)}
         for key in self.preprocess:

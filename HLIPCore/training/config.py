@@ -75,7 +75,7 @@ class TrainConfig:
     stem_loss_per_scan: bool = False              #   average the core cells per scan first, so a small metastasis
     #   weighs as much as a large meningioma (pooled, the large lesions' cells outnumber it a hundredfold)
     lock_image: bool = False                       # freeze the image tower and its BatchNorm statistics: a
-    #   text-only phase on a trained model (init_checkpoint), its image embeddings and maps unchanged
+    #   text-only phase on a trained model (a model folder or init_checkpoint), its image embeddings unchanged
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = False

@@ -32,6 +32,8 @@ class HLIPVisual(nn.Module):
 
 
 class HLIPModel(nn.Module):
+    image_locked = False  # set by lock_image_tower
+
     def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, init_logit_scale: float = math.log(1 / 0.07),
                  init_logit_bias: Optional[float] = None, **_ignored):
         super().__init__()
@@ -83,7 +85,7 @@ class HLIPModel(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if getattr(self, "image_locked", False):
+        if self.image_locked:
             self.visual.eval()
         return self
 

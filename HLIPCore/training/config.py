@@ -206,12 +206,12 @@ def resolve_paths(data: dict, base_dir: Path) -> dict:
             data[key] = [resolve(v) if isinstance(v, str) and v else v for v in data[key]]
     for key in MAYBE_PATH_KEYS:
         value = data.get(key)
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            continue
         # a name ("tiny_multiscan_h3", a hub tokenizer "org/name") stays a name; an existing file or folder, or a
         # value written as a relative path ("../run/final", which a first training phase may not have made yet),
         # is taken relative to the config
-        explicit = value.startswith(("./", "../")) if isinstance(value, str) else False
-        if (isinstance(value, str) and value and not Path(value).is_absolute()
-                and (explicit or (base_dir / value).exists())):
+        if value.startswith(("./", "../")) or (base_dir / value).exists():
             data[key] = str((base_dir / value).resolve())
     return data
 

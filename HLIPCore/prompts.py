@@ -88,11 +88,15 @@ class Task:
     def class_names(self) -> List[str]:
         return [c.name for c in self.classes]
 
-    def cls(self, name: str) -> ClassPrompts:
-        for c in self.classes:
+    def class_index(self, name: str) -> int:
+        """Position of class `name` in the task (the column of its scores)."""
+        for index, c in enumerate(self.classes):
             if c.name == name:
-                return c
+                return index
         raise KeyError(f"task '{self.name}' has no class '{name}' (classes: {', '.join(self.class_names())})")
+
+    def cls(self, name: str) -> ClassPrompts:
+        return self.classes[self.class_index(name)]
 
 
 @dataclass

@@ -83,7 +83,7 @@ class ZeroShotClassifier:
         """Equal for two (task, class) pairs whose class_score is the same function of the image features (e.g.
         'Glioma' in a 5-way and in a 2-way task with the same prompts), so their maps are computed once."""
         task = self.prompt_set.task(task_name)
-        index = [c.name for c in task.classes].index(class_name)
+        index = task.class_index(class_name)
         if task.kind == "multiclass":  # the score reads every class of the task (log-softmax or log-odds)
             reference = self._reference(task, class_name)
             return (b"multiclass%d/%d:" % (index, -1 if reference is None else reference)
@@ -103,7 +103,7 @@ class ZeroShotClassifier:
         logit 0.41, log-probability 0.41-0.59, log-odds against Normal 0.53-0.65; README, "Training and the demo
         model".)"""
         task = self.prompt_set.task(task_name)
-        index = [c.name for c in task.classes].index(class_name)
+        index = task.class_index(class_name)
         logits = self.logits(image_features)[task_name]
         if task.kind == "multiclass":
             reference = self._reference(task, class_name)
@@ -117,7 +117,7 @@ class ZeroShotClassifier:
         """Index of the task's reference class, None when it has none or `class_name` is the reference."""
         if not task.reference or task.reference == class_name:
             return None
-        return task.class_names().index(task.reference)
+        return task.class_index(task.reference)
 
 
 def text_cache_key(model_fingerprint: str, tokenizer, prompt_set) -> str:

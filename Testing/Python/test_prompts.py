@@ -90,6 +90,9 @@ def test_ct_rate_exact_strings():
     assert findings.kind == "multilabel" and len(findings.classes) == 16
     assert findings.class_names()[:4] == ["Emphysema", "Atelectasis", "Lung nodule", "Lung opacity"]
     assert findings.cls("Atelectasis").negative_prompts == ["Not atelectatic"]
+    assert findings.class_index("Lung nodule") == 2  # the column of its scores
+    with pytest.raises(KeyError, match="no class 'Nodule' .*Lung nodule"):
+        findings.class_index("Nodule")
     assert findings.cls("Lung nodule").prompts == ["Lung nodule"]  # the volume-template substitution
     assert findings.cls("Lung nodule").negative_prompts == ["Not lung nodule"]
     assert findings.cls("Lung opacity").negative_prompts == ["Not lung opacity"]

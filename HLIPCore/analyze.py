@@ -30,6 +30,8 @@ class AnalyzeOptions:
     precision: str = "fp32"
     attention: str = "top"                   # top | all | none | a class name (or task/class)
     attention_method: str = "auto"           # auto | gradcam | refined | rollout (attention_maps.py)
+    map_smooth_mm: Optional[float] = None    # Gaussian sigma of the maps on the model grid; None: the method's
+                                             # default (attention_maps.default_smoothing), 0: none
     num_slices: Optional[int] = None         # depth of the model input; default: the model's catalog entry
     selection: ScanSelection = field(default_factory=ScanSelection)
     load: LoadOptions = field(default_factory=LoadOptions)
@@ -46,6 +48,8 @@ class Analyzer:
 
         if options.attention_method not in attention_maps.METHODS:
             raise ConfigError(f"attention method must be one of {', '.join(attention_maps.METHODS)}")
+        if options.map_smooth_mm is not None and not (0 <= options.map_smooth_mm <= 100):
+            raise ConfigError(f"map smoothing must be between 0 and 100 mm, not {options.map_smooth_mm}")
         self.options = options
         self.device = resolve_device(options.device)
         self.precision = check_precision(options.precision)
@@ -60,6 +64,8 @@ class Analyzer:
             self.attention_method = attention_maps.resolve_method(self.model, options.attention_method)
         except ValueError as exc:
             raise ConfigError(f"{self.resolved.model_id}: {exc}") from None
+        self.map_smooth_mm = options.map_smooth_mm if options.map_smooth_mm is not None \
+            else attention_maps.default_smoothing(self.attention_method)
         self.preprocess = model_preprocess_config(self.resolved.preprocess, self.resolved.config,
                                                   options.num_slices,
                                                   f"model preprocessing {self.resolved.preprocess}")
@@ -144,14 +150,17 @@ class Analyzer:
         return report
 
     def maps_on_original_voxels(self, relevance: dict, prepared) -> dict:
-        """{target: [per scan (K, J, I) float32 in 0..1]}: upsampled to the model grid, sent back through each
-        scan's recorded preprocessing, normalised over the study. Targets sharing one map share the result."""
+        """{target: [per scan (K, J, I) float32 in 0..1]}: upsampled to the model grid, smoothed there
+        (`map_smooth_mm`), normalised over the study, sent back through each scan's recorded preprocessing.
+        Targets sharing one map share the result."""
         grid = prepared.tensor.shape[-3:]
         out, done = {}, {}
         for target, rel in relevance.items():
             if id(rel) not in done:
-                norm = attention_maps.normalise({0: rel})[0]
-                on_grid = attention_maps.upsample_to_grid(norm.cpu(), grid).numpy()
+                on_grid = attention_maps.upsample_to_grid(rel.detach().float().cpu(), grid).numpy()
+                on_grid = np.stack([attention_maps.smooth(m, rec.grid_spacing, self.map_smooth_mm)
+                                    for m, rec in zip(on_grid, prepared.records)])
+                on_grid = attention_maps.normalise({0: torch.from_numpy(on_grid)})[0].numpy()
                 done[id(rel)] = [np.clip(rec.to_original(on_grid[i]), 0.0, 1.0).astype(np.float32)
                                  for i, rec in enumerate(prepared.records)]
             out[target] = done[id(rel)]
@@ -168,7 +177,7 @@ class Analyzer:
                     write_map_nifti(volume, scan.affine, out_dir / rel)
                     written[key] = rel.as_posix()
                 entries.append({"task": task, "class": cls, "scan_index": index, "file": written[key],
-                                "method": self.attention_method})
+                                "method": self.attention_method, "smooth_mm": self.map_smooth_mm})
         return entries
 
     def build_report(self, name: str, study, scores: dict, timings: dict) -> dict:

@@ -15,16 +15,25 @@ a finer stride: sum over channels of relu(d score / d a) * a, for the activation
 As in Guided Grad-CAM, the coarse map says which token explains the class and the fine map which voxels inside
 it; both come from one backward pass, now through the whole trunk.
 
+Smoothing (`smooth`, on by default for `refined` only): a Gaussian of 8 mm on the model grid. The refined map is
+the product of two noisy factors at a 10 x 6.4 x 6.4 mm cell size, and its single hottest voxel, which the
+pointing game and the overview's peak take, often sits on one cell at the rim of the abnormality; smoothed, the
+peak moves to where the evidence is dense. Held-out phantoms (160 lesion studies), peak in the lesion core:
+hlip-demo 0.650 -> 0.688, a second model 0.537 -> 0.650 (README, "Training and the demo model"). The coarse
+`gradcam` and `rollout` maps are left as the reference computes them.
+
 Maps come back as [N_scans, d, h, w] on the token grid (or the stem layer's finer grid); `upsample_to_grid`
 brings them to the model input grid, from where each scan's preprocessing record maps them onto the original
 voxels.
 """
 from typing import Callable, Dict, List, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 METHODS = ("auto", "gradcam", "refined", "rollout")  # auto: refined for a conv-stem model, else gradcam
+SMOOTHING_MM = {"refined": 8.0}  # default Gaussian sigma per method (module docstring); others: none
 
 
 def has_conv_stem(model) -> bool:
@@ -165,6 +174,20 @@ def rollout(model, study: torch.Tensor):
             elif src < r_cls.numel():  # forward copied each src token into several windows
                 r_cls = r_cls.reshape(src, -1).sum(dim=1)
     return features, r_tok.reshape(num_scans, *grid)
+
+
+def default_smoothing(method: str) -> float:
+    return SMOOTHING_MM.get(method, 0.0)
+
+
+def smooth(volume: np.ndarray, spacing_mm, sigma_mm: float) -> np.ndarray:
+    """A map [D, H, W] on a grid of `spacing_mm` (d, h, w) blurred by an isotropic Gaussian of `sigma_mm`; zero
+    beyond the grid, so padding does not pull the peak to the border."""
+    if not sigma_mm:
+        return volume
+    from scipy import ndimage
+    sigma = [sigma_mm / float(s) for s in spacing_mm]
+    return ndimage.gaussian_filter(np.asarray(volume, dtype=np.float32), sigma, mode="constant")
 
 
 def upsample_to_grid(relevance: torch.Tensor, size) -> torch.Tensor:

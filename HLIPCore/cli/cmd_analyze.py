@@ -18,6 +18,8 @@ def add_parser(sub):
     p.add_argument("--attention", default="top", help="top | all | none | CLASS or TASK/CLASS (default: top)")
     p.add_argument("--attention-method", default="auto", choices=ATTENTION_METHODS,
                    help="auto (default): refined for a model with a conv stem, else gradcam (the reference's)")
+    p.add_argument("--map-smooth-mm", type=float, metavar="MM",
+                   help="Gaussian sigma of the maps in mm, 0 for none (default: 8 for refined maps, else 0)")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="inference precision")
     p.add_argument("--num-slices", type=int, help="model input depth (default: the model's)")
@@ -41,6 +43,7 @@ def run(args) -> int:
     options = AnalyzeOptions(
         model=args.model, config=args.config, tokenizer=args.tokenizer, prompts=args.prompts,
         device=args.device, precision=args.dtype, attention=args.attention, attention_method=args.attention_method,
+        map_smooth_mm=args.map_smooth_mm,
         num_slices=args.num_slices, overview=not args.no_overview, download=args.download,
         selection=ScanSelection(max_scans=args.max_scans, include_modalities=tuple(args.include_modality),
                                 exclude_description=args.exclude_description, min_slices=args.min_slices))

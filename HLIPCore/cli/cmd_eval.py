@@ -21,6 +21,8 @@ def add_parser(sub):
     from .cmd_analyze import ATTENTION_METHODS
     p.add_argument("--attention-method", default="auto", choices=ATTENTION_METHODS,
                    help="map method of the pointing game, as in hlip analyze (default: auto)")
+    p.add_argument("--map-smooth-mm", type=float, metavar="MM",
+                   help="Gaussian sigma of the maps in mm, as in hlip analyze (default: the method's)")
     p.set_defaults(func=run)
 
 
@@ -58,10 +60,11 @@ def run(args) -> int:
         from ..training.pointing import pointing_game
         analyzer = Analyzer(AnalyzeOptions(model=args.model, config=args.config, tokenizer=args.tokenizer,
                                            prompts=args.prompts, device=args.device, precision=args.dtype,
-                                           attention_method=args.attention_method))
+                                           attention_method=args.attention_method,
+                                           map_smooth_mm=args.map_smooth_mm))
         game = pointing_game(analyzer, entries, task=args.pointing, progress=not args.no_progress)
         abnormal, distance = game.pop("abnormal"), game.pop("distance_mm")
-        print(f"pointing game ({args.pointing}, {analyzer.attention_method} map peak inside the lesion; "
+        print(f"pointing game ({args.pointing}, {analyzer.attention_method} map (smoothed {analyzer.map_smooth_mm:g} mm) peak inside the lesion; "
               f"{game.pop('n')} lesion studies):")
         print(f"  {'class':<14} {'lesion':>7} {'lesion or oedema':>17} {'median mm to lesion':>20}")
         for cls, value in game.items():

@@ -278,6 +278,11 @@ class TransformRecord:
         rev = np.eye(4)[[2, 1, 0, 3]]  # (i, j, k) <-> (k, j, i)
         return self.original_affine @ rev @ self.grid_to_original @ rev
 
+    @property
+    def grid_spacing(self) -> Tuple[float, float, float]:
+        """Voxel size (mm) of the model grid along (d, h, w)."""
+        return tuple(float(v) for v in np.linalg.norm(self.grid_affine[:3, :3], axis=0)[::-1])
+
     def to_original(self, grid_map, order: int = 1) -> np.ndarray:
         """Sends a map on the model grid (D, H, W) back onto the scan's original (K, J, I) voxels.
 

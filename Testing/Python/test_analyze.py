@@ -161,6 +161,19 @@ def test_map_method_auto_is_gradcam_for_a_linear_patch_model_and_refined_is_refu
         Analyzer(options(tiny_model_dir, attention_method="refined"))
 
 
+def test_maps_smoothed_in_mm_on_request_and_nonsense_refused(tiny_model_dir, study_dir, tmp_path):
+    plain = Analyzer(options(tiny_model_dir, attention="Glioma")).analyze(study_dir, tmp_path / "plain")
+    smooth = Analyzer(options(tiny_model_dir, attention="Glioma", map_smooth_mm=10)).analyze(study_dir, tmp_path / "s")
+    assert {m["smooth_mm"] for m in plain["maps"]} == {0.0} and {m["smooth_mm"] for m in smooth["maps"]} == {10}
+    a, b = ([np.asarray(nib.load(str(root / m["file"])).dataobj) for m in r["maps"]]
+            for root, r in ((tmp_path / "plain", plain), (tmp_path / "s", smooth)))
+    assert max(float(v.max()) for v in b) == pytest.approx(1.0, abs=1e-3)  # still normalised over the study
+    assert all(x.shape == y.shape for x, y in zip(a, b))
+    assert not all(np.allclose(x, y, atol=1e-3) for x, y in zip(a, b))
+    with pytest.raises(ConfigError, match="map smoothing must be between 0 and 100 mm"):
+        Analyzer(options(tiny_model_dir, map_smooth_mm=-1))
+
+
 @pytest.mark.slow
 def test_hlip_analyze_cli_on_real_dicom(tiny_model_dir, tmp_path):
     """pydicom's real multi-series test study through the CLI in a child process."""

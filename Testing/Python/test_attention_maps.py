@@ -179,3 +179,26 @@ def test_refined_map_is_gradcam_times_the_stem_layercam_on_the_finer_grid():
     expected = attention_maps.upsample_to_grid(token.detach(), (8, 16, 16)) * layercam.detach()
     torch.testing.assert_close(m, expected, rtol=1e-4, atol=1e-8)
     assert float(m.max()) > 0
+
+
+def test_smoothing_moves_the_peak_of_a_shell_to_its_centre_and_is_isotropic_in_mm():
+    """A refined map that lights the oedema around a small lesion (a shell) peaks on the shell; smoothed, at the
+    lesion. The sigma is in mm, so on an anisotropic grid a point spreads equally far along every axis."""
+    spacing = (5.0, 1.6, 1.6)
+    d, h, w = np.meshgrid(*(np.arange(n) * s for n, s in zip((32, 128, 128), spacing)), indexing="ij")
+    centre = (80.0, 100.0, 110.0)
+    r = np.sqrt((d - centre[0]) ** 2 + (h - centre[1]) ** 2 + (w - centre[2]) ** 2)
+    rng = np.random.default_rng(0)
+    shell = ((r > 8) & (r < 18)).astype(np.float32) * rng.uniform(0.5, 1.0, r.shape).astype(np.float32)
+    raw_peak = np.unravel_index(int(np.argmax(shell)), shell.shape)
+    assert r[raw_peak] > 8  # the noisy shell's hottest voxel is on the shell
+    smoothed = attention_maps.smooth(shell, spacing, 8.0)
+    peak = np.unravel_index(int(np.argmax(smoothed)), smoothed.shape)
+    assert r[peak] < 5.0
+    assert attention_maps.smooth(shell, spacing, 0) is shell
+    point = np.zeros((32, 128, 128), np.float32)
+    point[16, 64, 64] = 1
+    blurred = attention_maps.smooth(point, spacing, 6.0)
+    profile = [blurred[16 + 2, 64, 64], blurred[16, 64 + 6, 64]]  # 10 mm along d, 9.6 mm along h
+    assert abs(profile[0] / profile[1] - np.exp(-(100 - 9.6 ** 2) / (2 * 36))) < 0.02
+    assert attention_maps.default_smoothing("refined") == 8.0 and attention_maps.default_smoothing("gradcam") == 0

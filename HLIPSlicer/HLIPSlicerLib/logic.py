@@ -102,10 +102,11 @@ class AnalysisLogic(ScriptedLoadableModuleLogic):
         return str(save_prompt_set(ps, work_dir / "prompts.json"))
 
     def _options(self, modelId, prompts, device, precision, attention, attentionMethod, numSlices, config,
-                 tokenizer) -> dict:
+                 tokenizer, mapSmoothMm=None) -> dict:
         return {"model": str(modelId), "prompts": prompts, "config": config, "tokenizer": tokenizer,
                 "device": device, "precision": precision, "attention": attention,
-                "attention_method": attentionMethod, "num_slices": numSlices, "overview": False, "download": False,
+                "attention_method": attentionMethod, "map_smooth_mm": mapSmoothMm, "num_slices": numSlices,
+                "overview": False, "download": False,
                 # the scans were chosen in planScans (on the node names): the worker takes them all
                 "selection": {"max_scans": 10 ** 6}}
 
@@ -115,13 +116,15 @@ class AnalysisLogic(ScriptedLoadableModuleLogic):
                        completedCallback: Optional[Callable[[AnalysisRun], None]] = None, blocking: bool = True,
                        device: str = "auto", precision: str = "fp32", attention: str = "all",
                        attentionMethod: str = "auto", numSlices: Optional[int] = None, maxScans: int = 40,
-                       name: Optional[str] = None, config: Optional[str] = None, tokenizer: Optional[str] = None):
+                       name: Optional[str] = None, config: Optional[str] = None, tokenizer: Optional[str] = None,
+                       mapSmoothMm: Optional[float] = None):
         """Analyse the study made of `volumeNodes` in the worker process.
 
         blocking=True returns the result table node (raises HLIPSlicerError on failure or cancel);
         blocking=False returns the AnalysisRun at once; the caller polls (`logic.poll()`, e.g. from a QTimer)
         unless Slicer's launcher drives it; `completedCallback(run)` is called at the end either way.
-        The scene is not touched until the worker has finished successfully.
+        The scene is not touched until the worker has finished successfully. `mapSmoothMm`: the maps' Gaussian
+        sigma (None: the map method's default, as `hlip analyze --map-smooth-mm`).
         """
         if self.isRunning():
             raise HLIPSlicerError(_("An analysis is already running; cancel it first."))
@@ -133,7 +136,7 @@ class AnalysisLogic(ScriptedLoadableModuleLogic):
         out_dir = Path(outputFolder) if outputFolder else work / "results"
         files = study.export_volumes([p.node for p in used], work / "input")
         options = self._options(modelId, self._prompt_option(promptSet, work), device, precision, attention,
-                                attentionMethod, numSlices, config, tokenizer)
+                                attentionMethod, numSlices, config, tokenizer, mapSmoothMm)
         job = process.write_job(work / "job.json", files, out_dir, options, name=name or used[0].name)
         run = AnalysisRun("analyze", out_dir, work, [p.node for p in used], skipped, name or used[0].name)
         return self._launch(run, job, progressCallback, logCallback, completedCallback, blocking)
@@ -142,7 +145,7 @@ class AnalysisLogic(ScriptedLoadableModuleLogic):
                       progressCallback=None, logCallback=None, completedCallback=None, blocking: bool = True,
                       device: str = "auto", precision: str = "fp32", attention: str = "all",
                       attentionMethod: str = "auto", numSlices=None, maxScans: int = 40, name=None,
-                      config=None, tokenizer=None):
+                      config=None, tokenizer=None, mapSmoothMm=None):
         """Analyse a DICOM folder / DICOMDIR / NIfTI or NRRD file without loading it first: the worker reads it,
         and the scans it used are then loaded as volume nodes (the map backgrounds)."""
         if self.isRunning():
@@ -152,7 +155,7 @@ class AnalysisLogic(ScriptedLoadableModuleLogic):
         work = self._work_dir(outputFolder)
         out_dir = Path(outputFolder) if outputFolder else work / "results"
         options = self._options(modelId, self._prompt_option(promptSet, work), device, precision, attention,
-                                attentionMethod, numSlices, config, tokenizer)
+                                attentionMethod, numSlices, config, tokenizer, mapSmoothMm)
         options["selection"] = {"max_scans": maxScans}
         label = name or Path(folder).name
         job = process.write_job(work / "job.json", str(folder), out_dir, options, name=label, write_scans=True)

@@ -9,7 +9,7 @@ JOB.json (written by HLIPSlicerLib.process.write_job):
     out_dir       where report.json, maps/*.nii.gz (and for a folder source scans/*.nii.gz) are written
     core_dir      the folder that contains the HLIPCore package (added to sys.path)
     options       AnalyzeOptions fields: model, prompts, config, tokenizer, device, precision, attention,
-                  attention_method, num_slices, download, overview; selection: ScanSelection fields
+                  attention_method, map_smooth_mm, num_slices, download, overview; selection: ScanSelection fields
     action        "analyze" (default) or "download" (fetch options.model into the cache; HLIP_RESULT is its path)
     write_scans   for a folder source: also write each used scan as scans/scanNN.nii.gz (to show them in Slicer)
 

@@ -138,10 +138,11 @@ def test_analyze_folder_loads_the_used_series_with_their_dicom_geometry(mrml_app
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
     logic = slicer_module.HLIPSlicerLogic(pythonExecutable=sys.executable)
     table = logic.analyzeFolder(str(folder), str(tiny_model_dir), "pub_brain_5", outputFolder=tmp_path / "out",
-                                device="cpu")
+                                device="cpu", mapSmoothMm=6)
 
     # the table node against report.json
     report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {m["smooth_mm"] for m in report["maps"]} == {6}  # the option reached the worker's analysis
     assert logic.report(table) == report and len(report["scans"]) == 2
     rows = logic.scores(table)
     assert [(r["task"], r["class"]) for r in rows] == [(t, c) for t, cs in report["scores"].items() for c in cs]

@@ -64,8 +64,8 @@ def run(args) -> int:
                                            map_smooth_mm=args.map_smooth_mm))
         game = pointing_game(analyzer, entries, task=args.pointing, progress=not args.no_progress)
         abnormal, distance = game.pop("abnormal"), game.pop("distance_mm")
-        print(f"pointing game ({args.pointing}, {analyzer.attention_method} map (smoothed {analyzer.map_smooth_mm:g} mm) peak inside the lesion; "
-              f"{game.pop('n')} lesion studies):")
+        print(f"pointing game ({args.pointing}, {analyzer.attention_method} map smoothed "
+              f"{analyzer.map_smooth_mm:g} mm, peak inside the lesion; {game.pop('n')} lesion studies):")
         print(f"  {'class':<14} {'lesion':>7} {'lesion or oedema':>17} {'median mm to lesion':>20}")
         for cls, value in game.items():
             cells = [f"{v:.3f}" if v is not None else "-" for v in (value, abnormal[cls])]

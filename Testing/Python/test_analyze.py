@@ -222,7 +222,10 @@ def test_pointing_game_looks_up_the_map_peak_in_the_mask(tiny_model_dir, study_d
            str(tmp_path / "eval.jsonl"), "--prompts", "pub_brain_5", "--pointing", "--device", "cpu", "--no-progress"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "median mm to lesion" in done.stdout
+    assert "median mm to lesion" in done.stdout and "gradcam map smoothed 0 mm" in done.stdout
+    bad = subprocess.run(cmd + ["--map-smooth-mm", "-1"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "map smoothing must be between 0 and 100 mm, not -1" in bad.stderr
     row = next(line.split() for line in done.stdout.splitlines() if line.strip().startswith("Glioma"))
     assert row[1:] == ["0.500", "0.500", "2.0"], done.stdout
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")  # a corrupt mask: one line naming it

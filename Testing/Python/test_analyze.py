@@ -167,7 +167,9 @@ def test_maps_smoothed_in_mm_on_request_and_nonsense_refused(tiny_model_dir, stu
     assert {m["smooth_mm"] for m in plain["maps"]} == {0.0} and {m["smooth_mm"] for m in smooth["maps"]} == {10}
     a, b = ([np.asarray(nib.load(str(root / m["file"])).dataobj) for m in r["maps"]]
             for root, r in ((tmp_path / "plain", plain), (tmp_path / "s", smooth)))
-    assert max(float(v.max()) for v in b) == pytest.approx(1.0, abs=1e-3)  # still normalised over the study
+    # normalised to 1 on the model grid, then interpolated back to each scan's voxels: the peak lands near 1,
+    # never above it (how near depends on where the grid peak falls between original voxels)
+    assert 0.95 <= max(float(v.max()) for v in b) <= 1.0 + 1e-6
     assert all(x.shape == y.shape for x, y in zip(a, b))
     assert not all(np.allclose(x, y, atol=1e-3) for x, y in zip(a, b))
     with pytest.raises(ConfigError, match="map smoothing must be between 0 and 100 mm"):

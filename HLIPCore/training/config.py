@@ -74,6 +74,11 @@ class TrainConfig:
     stem_loss_core_threshold: float = 0.25         #   a cell is core when this fraction of it is lesion core
     stem_loss_per_scan: bool = False              #   average the core cells per scan first, so a small metastasis
     #   weighs as much as a large meningioma (pooled, the large lesions' cells outnumber it a hundredfold)
+    stem_pretrain_steps: int = 0                   # > 0 (needs the stem loss): before the first joint step, train
+    #   only the stem's first stage and the cell head on the stem loss, on random single scans (stem_pretrain.py):
+    #   jointly, the other losses shape those channels first and the layer never learns small lesions' look
+    stem_pretrain_lr: float = 2e-3                 #   its peak learning rate (AdamW, one-cycle schedule)
+    stem_pretrain_batch: int = 12                  #   scans per step
     lock_image: bool = False                       # freeze the image tower and its BatchNorm statistics: a
     #   text-only phase on a trained model (a model folder or init_checkpoint), its image embeddings unchanged
     lock_text: bool = False
@@ -97,14 +102,16 @@ class TrainConfig:
         def bad(key, msg):
             raise ConfigError(f"training config: '{key}': {msg}")
 
-        for key in ("batch_size", "accum_steps", "max_scans_train", "max_scans_eval", "save_every_steps"):
+        for key in ("batch_size", "accum_steps", "max_scans_train", "max_scans_eval", "save_every_steps",
+                    "stem_pretrain_batch"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, f"must be a positive integer, got {getattr(self, key)!r}")
         for key in ("epochs", "steps"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 bad(key, f"must be a positive integer, got {value!r}")
-        for key in ("warmup", "workers", "eval_every_steps", "lock_text_unlocked_layers", "seed"):
+        for key in ("warmup", "workers", "eval_every_steps", "lock_text_unlocked_layers", "seed",
+                    "stem_pretrain_steps"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 bad(key, f"must be a non-negative integer, got {getattr(self, key)!r}")
         if not (isinstance(self.token_loss_threshold, (int, float)) and 0 < self.token_loss_threshold <= 1):
@@ -114,6 +121,10 @@ class TrainConfig:
             bad("token_loss_core_threshold", f"must be in (0, 1] or null, got {core!r}")
         if not (isinstance(self.stem_loss_core_threshold, (int, float)) and 0 < self.stem_loss_core_threshold <= 1):
             bad("stem_loss_core_threshold", f"must be in (0, 1], got {self.stem_loss_core_threshold!r}")
+        if self.stem_pretrain_steps and not self.stem_loss_weight:
+            bad("stem_pretrain_steps", "pretrains the stem on the stem loss's cell targets; set stem_loss_weight > 0")
+        if not isinstance(self.stem_pretrain_lr, (int, float)) or self.stem_pretrain_lr <= 0:
+            bad("stem_pretrain_lr", f"must be a positive number, got {self.stem_pretrain_lr!r}")
         for key in ("lr", "wd", "eps", "intensity_scale", "intensity_shift", "token_loss_weight",
                     "study_loss_weight", "attention_loss_weight", "stem_loss_weight"):
             if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:

@@ -537,6 +537,8 @@ class Trainer:
         cfg = self.cfg
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
         self.prepare_data()
+        if self.step == 0 and cfg.stem_pretrain_steps:  # a resumed run starts from a checkpoint taken after it
+            self.pretrain_stem()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", dynamic_ncols=True,
                    disable=not (self.progress and self.rank == 0))
         rows, micro, saved_at = [], [], self.step
@@ -579,6 +581,18 @@ class Trainer:
         if self.step == self.total_steps:
             self.export_final()
         return rows
+
+    def pretrain_stem(self) -> List[float]:
+        """`stem_pretrain_steps` of the stem's first stage and the cell head alone (stem_pretrain.py); every
+        process runs the same steps on the same scans, so the weights stay identical across processes."""
+        from .stem_pretrain import pretrain_stem
+        cfg = self.cfg
+        self.stem_pretrain_losses = pretrain_stem(
+            self.model.visual.trunk.patch_embed, self.token_net.cell_head, self.dataset, cfg.stem_pretrain_steps,
+            cfg.stem_pretrain_lr, cfg.stem_pretrain_batch, cfg.seed, self.device, cfg.precision,
+            cfg.intensity_scale if cfg.augment else 0.0, cfg.intensity_shift if cfg.augment else 0.0,
+            progress=self.progress and self.rank == 0)
+        return self.stem_pretrain_losses
 
     def export_final(self) -> Optional[Path]:
         """`final/`: model.safetensors + config.json (+ tokenizer) in `hlip convert`'s layout."""

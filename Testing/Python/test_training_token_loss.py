@@ -310,3 +310,32 @@ def test_stem_cells_refine_the_token_targets_and_the_stem_loss_trains(data, tmp_
 def test_stem_loss_needs_a_conv_stem(data, tmp_path):
     with pytest.raises(ConfigError, match="stem_loss_weight.*convolutional stem"):
         Trainer(_config(data, tmp_path / "lin", stem_loss_weight=1.0), resume=None, progress=False)
+
+
+def test_stem_pretraining_teaches_the_cells_first_and_is_not_repeated_on_resume(data, tmp_path):
+    """`stem_pretrain_steps`: the stem's first stage and the cell head learn the cell targets before the first
+    joint step; the global RNG is left alone (runs stay reproducible) and a resumed run does not pretrain again."""
+    cfg = _config(data, tmp_path / "pre", model=_conv_stem_model(), stem_loss_weight=1.0, steps=2, augment=False,
+                  stem_loss_core_threshold=0.5, stem_pretrain_steps=40, stem_pretrain_lr=1e-2, stem_pretrain_batch=4)
+    trainer = Trainer(cfg, resume=None, progress=False)
+    stem = trainer.model.visual.trunk.patch_embed
+    first, later = stem.convs[0].weight.detach().clone(), stem.convs[-3].weight.detach().clone()
+    trainer.prepare_data()
+    rng = torch.get_rng_state()
+    losses = trainer.pretrain_stem()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert len(losses) == 40 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    assert not torch.equal(stem.convs[0].weight, first)       # the first stage trained,
+    assert torch.equal(stem.convs[-3].weight, later)          # the coarser layers did not
+    trainer.train(stop_after=1)
+    resumed = Trainer(cfg, progress=False)
+    assert resumed.step == 1
+    resumed.train()
+    assert not hasattr(resumed, "stem_pretrain_losses") and (tmp_path / "pre" / "final").is_dir()
+
+
+def test_stem_pretraining_needs_the_stem_loss(data, tmp_path):
+    with pytest.raises(ConfigError, match="'stem_pretrain_steps'.*stem_loss_weight > 0"):
+        _config(data, tmp_path / "x", model=_conv_stem_model(), stem_pretrain_steps=10)
+    with pytest.raises(ConfigError, match="'stem_pretrain_lr': must be a positive number"):
+        _config(data, tmp_path / "x", model=_conv_stem_model(), stem_loss_weight=1.0, stem_pretrain_lr=0)

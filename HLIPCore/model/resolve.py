@@ -61,7 +61,11 @@ def resolve_model(ref: Union[str, Path], config: Optional[str] = None, tokenizer
                                   f"'hlip models --download {entry.id}' or place it at {entry.cached_path()}")
         from ..download import download_file
         local = download_file(entry.url, entry.cached_path(), sha256=entry.sha256, progress=progress)
-    inner = resolve_model(local, config=config or entry.config, tokenizer=tokenizer or entry.tokenizer)
+    # a model folder's own config.json is what its weights were trained with (e.g. the demo model's preprocessing);
+    # the entry's registry config names the architecture for bare weight files
+    own = local.is_dir() and (local / "config.json").is_file()
+    inner = resolve_model(local, config=config or (None if own else entry.config),
+                          tokenizer=tokenizer or entry.tokenizer)
     preprocess = {**inner.config.get("preprocess", {}), **entry.preprocess}
     return ResolvedModel(entry.id, inner.config, inner.checkpoint, inner.tokenizer, entry, preprocess)
 

@@ -92,3 +92,13 @@ def test_bare_checkpoint_config_is_inferred_or_asked_for(tmp_path, tiny_model):
     torch.save(small.state_dict(), tmp_path / "small_anon.pt")
     with pytest.raises(ConfigError, match="choose one with --config"):
         resolve_model(tmp_path / "small_anon.pt")
+
+
+def test_a_catalog_model_folder_keeps_its_own_preprocessing():
+    """The bundled demo model was trained with its own intensity clip (config.json); resolving it by catalog id
+    must not fall back to the registry config the entry names, or the analysis would see other intensities."""
+    folder = Path(__file__).resolve().parents[2] / "Resources" / "models" / "hlip-demo"
+    trained = json.loads((folder / "config.json").read_text())["model_cfg"]["preprocess"]
+    by_id, by_path = resolve_model("hlip-demo"), resolve_model(folder)
+    assert list(by_id.preprocess["percentiles"]) == list(trained["percentiles"]) == [0.5, 99.99]
+    assert by_id.preprocess == {**by_path.preprocess, "mode": "mri"} and by_id.config == by_path.config

@@ -19,7 +19,8 @@ Smoothing (`smooth`, on by default for `refined` only): a Gaussian of 8 mm on th
 the product of two noisy factors at a 10 x 6.4 x 6.4 mm cell size, and its single hottest voxel, which the
 pointing game and the overview's peak take, often sits on one cell at the rim of the abnormality; smoothed, the
 peak moves to where the evidence is dense. Held-out phantoms (160 lesion studies), peak in the lesion core:
-hlip-demo 0.650 -> 0.688, a second model 0.537 -> 0.650 (README, "Training and the demo model"). The coarse
+run 15 0.650 -> 0.688, run 22 0.537 -> 0.650, run 23 (today's hlip-demo) 0.769 -> 0.844 (README, "Training and
+the demo model"). The coarse
 `gradcam` and `rollout` maps are left as the reference computes them.
 
 Maps come back as [N_scans, d, h, w] on the token grid (or the stem layer's finer grid); `upsample_to_grid`

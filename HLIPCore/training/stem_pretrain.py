@@ -19,18 +19,15 @@ import torch
 from ..attention_maps import refine_layer
 from ..losses import cell_core_loss
 from ..model.precision import autocast
+from .dataset import augment_study
 
 log = logging.getLogger("HLIPCore.training")
 
 
 def stem_layers(stem) -> torch.nn.Sequential:
     """The stem's modules up to and including the layer the refined maps read (shared, not copied)."""
-    layer, modules = refine_layer(stem), []
-    for module in stem.convs:
-        modules.append(module)
-        if module is layer:
-            return torch.nn.Sequential(*modules)
-    raise ValueError("the refine layer is not part of the stem")  # pragma: no cover
+    convs = list(stem.convs)
+    return torch.nn.Sequential(*convs[:convs.index(refine_layer(stem)) + 1])
 
 
 def pretrain_stem(stem, cell_head, dataset, steps: int, lr: float, batch: int, seed: int, device,
@@ -56,11 +53,8 @@ def pretrain_stem(stem, cell_head, dataset, steps: int, lr: float, batch: int, s
             order = torch.tensor([scan])
             images.append(dataset.cache.load(entry)[order])
             targets.append(dataset.cell_item(entry, order, 1))
-        x = torch.cat(images).to(device)
-        if scale or shift:
-            s = 1.0 + (torch.rand(batch, generator=gen) * 2 - 1) * scale
-            t = (torch.rand(batch, generator=gen) * 2 - 1) * shift
-            x = x * s.view(-1, 1, 1, 1, 1).to(device) + t.view(-1, 1, 1, 1, 1).to(device)
+        # the training's per-scan intensity augmentation, the scans kept in their order
+        x = augment_study(torch.cat(images), batch, gen, scale, shift, shuffle=False).to(device)
         y = torch.cat(targets).to(device)
         with autocast(device, precision):
             logits = cell_head(layers(x))[:, 0]
